@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and the differential tests against the kernel's overlay
+# (as root). Fails if any FUSE or overlay mount is left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -p unionfs --bins
+cargo test --workspace -- --test-threads=4
+left=$(grep -E ' - (fuse[^ ]*|overlay) ' /proc/self/mountinfo | grep -E '/tmp/|unionfs' || true)
+if [ -n "$left" ]; then
+  echo "mounts left behind by the tests:"; echo "$left"; exit 1
+fi

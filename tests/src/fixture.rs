@@ -1,0 +1,259 @@
+//! Per-side directories (l1/ l2/ .. u/ w/ m/ in a private tempdir under
+//! /tmp) and mounting of the union with the kernel overlay or the unionfs
+//! daemon, with an unmount-on-drop guard.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount, umount2, MntFlags, MsFlags};
+
+use crate::tree::Tree;
+use crate::Target;
+
+/// Locates the daemon: `$UNIONFS_BIN`, else `<target>/debug/unionfs`
+/// derived from the test executable (`<target>/debug/deps/<test>`).
+/// Never searched in PATH: /usr/bin/unionfs is an unrelated program.
+pub fn unionfs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("UNIONFS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("exe dir");
+    deps.parent().unwrap_or(deps).join("unionfs")
+}
+
+/// The directories of one side.
+pub struct Layout {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mnt: PathBuf,
+    pub root: PathBuf,
+    extra_work: usize,
+    // Last field: dropped (recursively removed) after everything else.
+    _tmp: tempfile::TempDir,
+}
+
+impl Layout {
+    /// Creates `/tmp/dt-<tag>-XXXXXX/{l1..lN,u,w,m}` (u and w only if
+    /// `with_upper`) and builds the trees into them.
+    pub fn build(tag: &str, lowers: &[Tree], upper: Option<&Tree>, with_upper: bool) -> Layout {
+        let tag: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(48)
+            .collect();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dt-{tag}-"))
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        // 0755 so that scenarios running as another uid can reach m/.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod tempdir");
+        let mk = |n: &str| {
+            let p = root.join(n);
+            std::fs::create_dir(&p).expect("mkdir");
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+            p
+        };
+        let mut ls = Vec::new();
+        for (i, t) in lowers.iter().enumerate() {
+            let p = mk(&format!("l{}", i + 1));
+            t.build(&p)
+                .unwrap_or_else(|e| panic!("building lower {}: {e}", i + 1));
+            ls.push(p);
+        }
+        let (u, w) = if with_upper {
+            let u = mk("u");
+            if let Some(t) = upper {
+                t.build(&u).unwrap_or_else(|e| panic!("building upper: {e}"));
+            }
+            (Some(u), Some(mk("w")))
+        } else {
+            assert!(upper.is_none(), "upper tree given for a read-only union");
+            (None, None)
+        };
+        let mnt = mk("m");
+        Layout {
+            lowers: ls,
+            upper: u,
+            work: w,
+            mnt,
+            root,
+            extra_work: 0,
+            _tmp: tmp,
+        }
+    }
+
+    /// Switches to a new, empty workdir (for remounting the same layers).
+    pub fn fresh_workdir(&mut self) {
+        self.extra_work += 1;
+        let p = self.root.join(format!("w{}", self.extra_work + 1));
+        std::fs::create_dir(&p).expect("mkdir workdir");
+        self.work = Some(p);
+    }
+
+    fn options(&self) -> String {
+        let lowers: Vec<String> = self.lowers.iter().map(|p| p.display().to_string()).collect();
+        let mut o = format!("lowerdir={}", lowers.join(":"));
+        if let (Some(u), Some(w)) = (&self.upper, &self.work) {
+            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+        }
+        o
+    }
+
+    /// Mounts the union of this layout on `mnt` with `target`.
+    pub fn mount(&self, target: Target) -> Result<MountGuard, String> {
+        let opts = self.options();
+        match target {
+            Target::Kernel => {
+                // redirect_dir/index/metacopy pinned off: the on-disk format
+                // the daemon implements (and this machine's defaults).
+                let kopts = format!("{opts},redirect_dir=off,index=off,metacopy=off");
+                let flags = if self.upper.is_none() {
+                    MsFlags::MS_RDONLY
+                } else {
+                    MsFlags::empty()
+                };
+                mount(
+                    Some("overlay"),
+                    &self.mnt,
+                    Some("overlay"),
+                    flags,
+                    Some(kopts.as_str()),
+                )
+                .map_err(|e| format!("mount -t overlay -o {kopts}: {e}"))?;
+            }
+            Target::Unionfs => {
+                let bin = unionfs_bin();
+                if !bin.exists() {
+                    return Err(format!("unionfs binary not found at {}", bin.display()));
+                }
+                let log = self.root.join("unionfs.log");
+                let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+                let mut child = Command::new(&bin)
+                    .arg("-o")
+                    .arg(&opts)
+                    .arg(&self.mnt)
+                    .stdin(Stdio::null())
+                    .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+                    .stderr(logf)
+                    .spawn()
+                    .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+                let start = Instant::now();
+                let status = loop {
+                    if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+                        break s;
+                    }
+                    if start.elapsed() > Duration::from_secs(20) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let _ = umount2(&self.mnt, MntFlags::MNT_DETACH);
+                        return Err("unionfs did not return within 20s".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                let logtext = std::fs::read_to_string(&log).unwrap_or_default();
+                if !status.success() {
+                    return Err(format!("unionfs -o {opts} failed: {status}; output:\n{logtext}"));
+                }
+            }
+        }
+        if !is_mountpoint(&self.mnt) {
+            return Err(format!(
+                "{target:?}: mount reported success but {} is not a mount point",
+                self.mnt.display()
+            ));
+        }
+        Ok(MountGuard {
+            mnt: self.mnt.clone(),
+            mounted: true,
+        })
+    }
+}
+
+/// True if `p` is on a different device than its parent.
+pub fn is_mountpoint(p: &Path) -> bool {
+    match (std::fs::metadata(p), std::fs::metadata(p.join(".."))) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts on drop (also during a panic unwind).
+pub struct MountGuard {
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+impl MountGuard {
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// `umount`, retrying while busy; `umount -l` as the last resort
+    /// (reported as an error).
+    pub fn unmount(&mut self) -> Result<(), String> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        let mut last = Errno::UnknownErrno;
+        for _ in 0..100 {
+            match umount(&self.mnt) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EBUSY) => {
+                    last = Errno::EBUSY;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        let lazy = umount2(&self.mnt, MntFlags::MNT_DETACH);
+        Err(format!(
+            "umount {} failed ({last}); lazy unmount: {lazy:?}",
+            self.mnt.display()
+        ))
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+/// Lists everything under a workdir except an empty `work/` directory
+/// (and an empty `index/`): temp files the daemon left behind.
+pub fn workdir_leftovers(w: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn rec(d: &Path, base: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                let top_allowed = (rel == "work" || rel == "index") && is_dir;
+                if !top_allowed {
+                    out.push(rel);
+                }
+                if is_dir {
+                    rec(&p, base, out);
+                }
+            }
+        }
+    }
+    rec(w, w, &mut out);
+    out.sort();
+    out
+}

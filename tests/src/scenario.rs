@@ -1,0 +1,286 @@
+//! Differential scenario runner: the same initial layers and the same
+//! script on side A (kernel overlay, the reference) and side B (the target
+//! under test), then comparison of op logs, merged trees, upper dirs and
+//! (for unionfs) the workdir.
+
+use std::fmt::Write as _;
+
+use crate::fixture::{workdir_leftovers, Layout};
+use crate::ops::{private_umask, Ops};
+use crate::snapshot::{diff, walk, Snapshot, WalkKind};
+use crate::tree::Tree;
+use crate::{target, Target};
+
+const MAX_DIFF: usize = 20;
+
+/// Returns false (after printing "SKIPPED: ...") if not running as root.
+pub fn require_root(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        println!("SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)");
+        eprintln!("SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)");
+        false
+    }
+}
+
+/// Everything observed on one side.
+#[derive(Debug, Default)]
+pub struct SideResult {
+    pub target: Option<Target>,
+    pub log: Vec<String>,
+    pub merged: Snapshot,
+    pub upper: Option<Snapshot>,
+    pub workdir_leftovers: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Initial state and options of a scenario.
+#[derive(Clone)]
+pub struct Scenario {
+    pub name: String,
+    /// Lower layers, topmost first (`lowerdir=l1:l2:...`).
+    pub lowers: Vec<Tree>,
+    pub upper: Option<Tree>,
+    pub readonly: bool,
+    pub umask: u32,
+    /// Paths whose mtime is compared in the tree walks.
+    pub mtime_paths: Vec<Vec<u8>>,
+}
+
+impl Scenario {
+    pub fn new(name: &str) -> Scenario {
+        Scenario {
+            name: name.to_string(),
+            lowers: Vec::new(),
+            upper: None,
+            readonly: false,
+            umask: 0o022,
+            mtime_paths: Vec::new(),
+        }
+    }
+    /// Adds a lower layer below the ones already added.
+    pub fn lower(mut self, t: Tree) -> Self {
+        self.lowers.push(t);
+        self
+    }
+    /// Pre-populated upper layer.
+    pub fn upper(mut self, t: Tree) -> Self {
+        self.upper = Some(t);
+        self
+    }
+    /// No upperdir: a read-only union.
+    pub fn readonly(mut self) -> Self {
+        self.readonly = true;
+        self
+    }
+    pub fn umask(mut self, m: u32) -> Self {
+        self.umask = m;
+        self
+    }
+    /// Also compare the mtime of `p` in the tree walks.
+    pub fn mtime_of(mut self, p: impl AsRef<[u8]>) -> Self {
+        self.mtime_paths.push(p.as_ref().to_vec());
+        self
+    }
+
+    fn layers(&self) -> Vec<Tree> {
+        if self.lowers.is_empty() {
+            vec![Tree::new()]
+        } else {
+            self.lowers.clone()
+        }
+    }
+
+    /// Builds a layout, mounts it with `target`, runs the script, snapshots,
+    /// unmounts, and snapshots the upper dir.
+    pub fn run_side<F>(&self, target: Target, label: &str, reference: bool, script: &F) -> SideResult
+    where
+        F: Fn(&mut Ops) + Sync,
+    {
+        let layout = Layout::build(
+            &format!("{}-{label}", self.name),
+            &self.layers(),
+            self.upper.as_ref(),
+            !self.readonly,
+        );
+        let mut res = SideResult {
+            target: Some(target),
+            ..Default::default()
+        };
+        let mut guard = layout
+            .mount(target)
+            .unwrap_or_else(|e| panic!("[{}] side {label}: {e}", self.name));
+        res.log = run_script(&layout.mnt, reference, self.umask, script);
+        res.merged = walk(guard.path(), WalkKind::Merged, &self.mtime_paths);
+        if let Err(e) = guard.unmount() {
+            res.errors.push(e);
+        }
+        if let Some(u) = &layout.upper {
+            res.upper = Some(walk(u, WalkKind::Upper, &self.mtime_paths));
+        }
+        if target == Target::Unionfs {
+            if let Some(w) = &layout.work {
+                res.workdir_leftovers = workdir_leftovers(w);
+            }
+        }
+        res
+    }
+
+    /// Runs the scenario on the kernel (A) and on `target()` (B) and panics
+    /// with a readable report if anything differs. Returns both results.
+    pub fn run<F>(&self, script: F) -> Option<(SideResult, SideResult)>
+    where
+        F: Fn(&mut Ops) + Sync,
+    {
+        if !require_root(&self.name) {
+            return None;
+        }
+        let a = self.run_side(Target::Kernel, "A", true, &script);
+        let b = self.run_side(target(), "B", false, &script);
+        if std::env::var_os("DIFFTEST_VERBOSE").is_some() {
+            println!("== {} (A = kernel) log:\n  {}", self.name, a.log.join("\n  "));
+            if std::env::var_os("DIFFTEST_VERBOSE").is_some_and(|v| v == "2") {
+                for (what, snap) in [("merged", Some(&a.merged)), ("upper", a.upper.as_ref())] {
+                    for e in snap.into_iter().flatten() {
+                        println!("  {what} {}: {}", crate::ops::esc(&e.path), e.line);
+                    }
+                }
+            }
+        }
+        if let Some(report) = compare(&a, &b) {
+            panic!(
+                "scenario {} differs (A = kernel overlay, B = {:?}):\n{report}",
+                self.name,
+                target()
+            );
+        }
+        Some((a, b))
+    }
+}
+
+/// Runs a script in a fresh thread with a private umask; returns its log.
+pub fn run_script<F>(root: &std::path::Path, reference: bool, umask: u32, script: &F) -> Vec<String>
+where
+    F: Fn(&mut Ops) + Sync,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            private_umask(umask);
+            let mut o = Ops::new(root, reference, umask);
+            script(&mut o);
+            std::mem::take(&mut o.log)
+            // `o` (and any fd it kept open) is dropped here, before unmount
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Side-by-side rendering of two logs, marking differing lines.
+pub fn log_diff(a: &[String], b: &[String]) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let w = a.iter().map(|l| l.len()).max().unwrap_or(0).min(70);
+    let mut out = String::new();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).map(String::as_str).unwrap_or("<none>");
+        let y = b.get(i).map(String::as_str).unwrap_or("<none>");
+        let mark = if x == y { ' ' } else { '!' };
+        let _ = writeln!(out, "  {mark} {i:>2} {x:<w$} | {y}");
+    }
+    Some(out)
+}
+
+/// Compares two sides; `None` if they agree.
+pub fn compare(a: &SideResult, b: &SideResult) -> Option<String> {
+    let mut r = String::new();
+    if let Some(d) = log_diff(&a.log, &b.log) {
+        let first = a
+            .log
+            .iter()
+            .zip(b.log.iter().chain(std::iter::repeat(&String::new())))
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!("A `{x}` vs B `{y}`"))
+            .unwrap_or_else(|| "log length differs".into());
+        let _ = write!(r, "op logs differ: {first}\n{d}");
+    }
+    if let Some(d) = diff(&a.merged, &b.merged, "A", "B", MAX_DIFF) {
+        let _ = write!(r, "merged trees differ:\n{d}");
+    }
+    match (&a.upper, &b.upper) {
+        (Some(ua), Some(ub)) => {
+            if let Some(d) = diff(ua, ub, "A", "B", MAX_DIFF) {
+                let _ = write!(r, "upper dirs differ (after unmount):\n{d}");
+            }
+        }
+        (None, None) => {}
+        _ => r += "only one side has an upper dir\n",
+    }
+    if !b.workdir_leftovers.is_empty() {
+        let _ = writeln!(r, "B left files in workdir: {:?}", b.workdir_leftovers);
+    }
+    for (side, s) in [("A", a), ("B", b)] {
+        for e in &s.errors {
+            let _ = writeln!(r, "side {side}: {e}");
+        }
+    }
+    (!r.is_empty()).then_some(r)
+}
+
+/// On-disk format check: run `script` mounted with `first`, snapshot the
+/// merged tree, unmount, remount the same lower+upper with `second` (fresh
+/// workdir) and compare the merged trees.
+pub fn remount_check<F>(sc: &Scenario, first: Target, second: Target, script: F)
+where
+    F: Fn(&mut Ops) + Sync,
+{
+    if !require_root(&sc.name) {
+        return;
+    }
+    assert!(!sc.readonly, "remount_check needs an upper dir");
+    let mut layout = Layout::build(&sc.name, &sc.layers(), sc.upper.as_ref(), true);
+    let mut errors = Vec::new();
+    let before = {
+        let mut g = layout
+            .mount(first)
+            .unwrap_or_else(|e| panic!("[{}] mount {first:?}: {e}", sc.name));
+        run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
+        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        if let Err(e) = g.unmount() {
+            errors.push(e);
+        }
+        s
+    };
+    if first == Target::Unionfs {
+        let left = workdir_leftovers(layout.work.as_ref().unwrap());
+        if !left.is_empty() {
+            errors.push(format!("unionfs left files in workdir: {left:?}"));
+        }
+    }
+    layout.fresh_workdir();
+    let after = {
+        let mut g = layout
+            .mount(second)
+            .unwrap_or_else(|e| panic!("[{}] remount {second:?}: {e}", sc.name));
+        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        if let Err(e) = g.unmount() {
+            errors.push(e);
+        }
+        s
+    };
+    let mut r = String::new();
+    if let Some(d) = diff(&before, &after, &format!("{first:?}"), &format!("{second:?}"), MAX_DIFF) {
+        let _ = write!(
+            r,
+            "merged tree written by {first:?} differs when read back by {second:?}:\n{d}"
+        );
+    }
+    for e in errors {
+        let _ = writeln!(r, "{e}");
+    }
+    if !r.is_empty() {
+        panic!("format check {}:\n{r}", sc.name);
+    }
+}

@@ -1,0 +1,161 @@
+//! Random op sequences over a small namespace (a, b, c in the root, d1 and
+//! d2), files and dirs in two lower layers and an empty upper, run on both
+//! sides; logs, merged trees and upper dirs must agree. Deterministic:
+//! fixed seed, no failure persistence.
+
+use difftests::{Ops, Scenario, Tree, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+
+const PATHS: &[&str] = &[
+    "a", "b", "c", "d1", "d2", "d1/a", "d1/b", "d1/c", "d2/a", "d2/b", "d2/c",
+];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(usize, u8),
+    Append(usize),
+    Truncate(usize, u16),
+    Read(usize),
+    Stat(usize),
+    Unlink(usize),
+    Mkdir(usize),
+    Rmdir(usize),
+    Rename(usize, usize),
+    RenameNoreplace(usize, usize),
+    RenameExchange(usize, usize),
+    Link(usize, usize),
+    Symlink(usize),
+    Mkfifo(usize),
+    Chmod(usize, u16),
+    Chown(usize),
+    Setxattr(usize, u8),
+    Removexattr(usize),
+    Utimes(usize),
+    Readdir(usize),
+}
+
+fn p() -> impl Strategy<Value = usize> {
+    0..PATHS.len()
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (p(), any::<u8>()).prop_map(|(a, b)| Op::Write(a, b)),
+        2 => p().prop_map(Op::Append),
+        1 => (p(), 0u16..300).prop_map(|(a, b)| Op::Truncate(a, b)),
+        2 => p().prop_map(Op::Read),
+        1 => p().prop_map(Op::Stat),
+        3 => p().prop_map(Op::Unlink),
+        2 => p().prop_map(Op::Mkdir),
+        2 => p().prop_map(Op::Rmdir),
+        3 => (p(), p()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => (p(), p()).prop_map(|(a, b)| Op::RenameNoreplace(a, b)),
+        1 => (p(), p()).prop_map(|(a, b)| Op::RenameExchange(a, b)),
+        1 => (p(), p()).prop_map(|(a, b)| Op::Link(a, b)),
+        1 => p().prop_map(Op::Symlink),
+        1 => p().prop_map(Op::Mkfifo),
+        1 => (p(), prop::sample::select(vec![0o600u16, 0o644, 0o755, 0o700, 0o4755])).prop_map(|(a, m)| Op::Chmod(a, m)),
+        1 => p().prop_map(Op::Chown),
+        1 => (p(), any::<u8>()).prop_map(|(a, v)| Op::Setxattr(a, v)),
+        1 => p().prop_map(Op::Removexattr),
+        1 => p().prop_map(Op::Utimes),
+        2 => prop::sample::select(vec![0usize, 3, 4]).prop_map(Op::Readdir),
+    ]
+}
+
+fn apply(o: &mut Ops, op: &Op) {
+    let n = |i: usize| PATHS[i];
+    match *op {
+        Op::Write(i, b) => drop(o.write(n(i), format!("w{b}"))),
+        Op::Append(i) => drop(o.append(n(i), "+app")),
+        Op::Truncate(i, l) => drop(o.truncate(n(i), l as i64)),
+        Op::Read(i) => drop(o.read(n(i))),
+        Op::Stat(i) => drop(o.stat(n(i))),
+        Op::Unlink(i) => drop(o.unlink(n(i))),
+        Op::Mkdir(i) => drop(o.mkdir(n(i), 0o755)),
+        Op::Rmdir(i) => drop(o.rmdir(n(i))),
+        Op::Rename(a, b) => drop(o.rename(n(a), n(b))),
+        Op::RenameNoreplace(a, b) => drop(o.rename2(n(a), n(b), RENAME_NOREPLACE)),
+        Op::RenameExchange(a, b) => drop(o.rename2(n(a), n(b), RENAME_EXCHANGE)),
+        Op::Link(a, b) => drop(o.link(n(a), n(b))),
+        Op::Symlink(i) => drop(o.symlink("target", n(i))),
+        Op::Mkfifo(i) => drop(o.mkfifo(n(i), 0o644)),
+        Op::Chmod(i, m) => drop(o.chmod(n(i), m as u32)),
+        Op::Chown(i) => drop(o.chown(n(i), 1000, 1000)),
+        Op::Setxattr(i, v) => drop(o.setxattr(n(i), "user.r", format!("{v}"))),
+        Op::Removexattr(i) => drop(o.removexattr(n(i), "user.r")),
+        Op::Utimes(i) => {
+            o.utimes(n(i), 100, 200);
+            o.stat_times(n(i));
+        }
+        Op::Readdir(i) => drop(o.readdir(if i == 0 { "" } else { n(i) })),
+    }
+}
+
+fn scenario() -> Scenario {
+    Scenario::new("random_ops")
+        .lower(
+            Tree::new()
+                .file("a", 0o644, "l1 a")
+                .xattr("a", "user.r", "lower")
+                .dir("d1", 0o755)
+                .file("d1/a", 0o644, "l1 d1/a")
+                .dir("d1/b", 0o755)
+                .file("d1/b/inner", 0o644, "inner")
+                .symlink("c", "a"),
+        )
+        .lower(
+            Tree::new()
+                .file("a", 0o600, "l2 a (hidden)")
+                .file("b", 0o644, "l2 b")
+                .dir("d1", 0o700)
+                .file("d1/c", 0o644, "l2 d1/c")
+                .dir("d2", 0o755)
+                .file("d2/a", 0o644, "l2 d2/a")
+                .dir("d2/c", 0o755),
+        )
+}
+
+#[test]
+fn random_op_sequences() {
+    if !difftests::scenario::require_root("random_op_sequences") {
+        return;
+    }
+    let cases: u32 = std::env::var("DIFFTEST_RANDOM_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(0x0dd5_eed5),
+        max_shrink_iters: 200,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let sc = scenario();
+    let result = runner.run(&prop::collection::vec(op(), 1..30), |ops| {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sc.run(|o| {
+                for op in &ops {
+                    apply(o, op);
+                }
+            })
+        }));
+        match res {
+            Ok(_) => Ok(()),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(TestCaseError::fail(msg))
+            }
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

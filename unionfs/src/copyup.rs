@@ -1,0 +1,305 @@
+//! Copy-up: making a lower object an upper one, parents first.
+//!
+//! The copy is built under a fresh name in the work directory (data, xattrs, origin, owner,
+//! mode, times), made durable with fsync unless `volatile`, and only then renamed into the
+//! upper directory. The rename is atomic and the work directory is emptied at mount, so a
+//! crash at any moment leaves either the old view (lower object, maybe a stray temp file in
+//! work) or the new one (complete upper copy): never a partial file in upper.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::errno::Errno as NixErrno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+
+use crate::errno::{Errno, Result};
+use crate::inode::{Inode, LayerRef, Real};
+use crate::layer::fstat_fd;
+use crate::union::{real_of, UnionFs};
+
+/// How much of the object to copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    Copy,
+    /// The caller is about to truncate to zero (open with `O_TRUNC`): skip the data.
+    Skip,
+}
+
+/// Reopens an `O_PATH` descriptor with real access flags.
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> Result<File> {
+    let path = crate::sys::fsops::proc_fd_path(fd);
+    let fd = nix::fcntl::open(path.as_c_str(), flags | OFlag::O_CLOEXEC, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
+/// The node's upper object, copying it (and its parents) up first when it has none.
+pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real> {
+    if let Some(u) = inode.state.read().upper.clone() {
+        return Ok(u);
+    }
+    fs.check_writable()?;
+    let parent_ino = inode.state.read().parent;
+    let parent = fs.inode(parent_ino)?;
+    // Parents first. Lock order: a node's copy-up lock is never held while waiting for a
+    // child's, so the recursion cannot deadlock.
+    let pupper = ensure_upper(fs, &parent, Data::Copy)?;
+    let _guard = inode.copyup.lock();
+    let (name, src) = {
+        let st = inode.state.read();
+        if let Some(u) = &st.upper {
+            return Ok(u.clone());
+        }
+        (
+            st.name.clone(),
+            st.lowers.first().cloned().ok_or(Errno::EIO)?,
+        )
+    };
+    let upper = copy_up_one(fs, &src, pupper.fd(), &name, data)?;
+    mark_impure(fs, &parent, &pupper)?;
+    inode.state.write().upper = Some(upper.clone());
+    Ok(upper)
+}
+
+/// Marks an upper directory as holding entries with an origin, as the kernel does.
+pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
+    if dir.state.read().impure {
+        return Ok(());
+    }
+    crate::sys::fsops::setxattr(dir_upper.fd(), fs.layers.ns.impure(), b"y", 0)?;
+    dir.state.write().impure = true;
+    Ok(())
+}
+
+fn copy_up_one(
+    fs: &UnionFs,
+    src: &Real,
+    parent_upper: BorrowedFd<'_>,
+    name: &OsStr,
+    data: Data,
+) -> Result<Real> {
+    let work = fs.work_fd()?;
+    let tmp = fs.tmp_name();
+    let st = fstat_fd(src.fd())?;
+    let result = build(fs, src, &st, work, &tmp, data).and_then(|fd| {
+        nix::fcntl::renameat2(
+            work,
+            tmp.as_os_str(),
+            parent_upper,
+            name,
+            RenameFlags::RENAME_NOREPLACE,
+        )?;
+        real_of(fd, LayerRef::Upper)
+    });
+    if result.is_err() {
+        remove_tmp(work, &tmp);
+    }
+    if let Err(e) = &result {
+        log::error!("copy-up of {name:?} failed: {e}");
+    }
+    result
+}
+
+/// Best-effort removal of a temp object after a failure; the mount-time clean-up of the
+/// work directory catches whatever this misses.
+pub fn remove_tmp(work: BorrowedFd<'_>, tmp: &OsStr) {
+    if nix::unistd::unlinkat(work, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir).is_err() {
+        let _ = nix::unistd::unlinkat(work, tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+    }
+}
+
+fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+    Ok(nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Builds the copy of `src` as `work/tmp` and returns it held with `O_PATH`.
+fn build(
+    fs: &UnionFs,
+    src: &Real,
+    st: &FileStat,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    data: Data,
+) -> Result<OwnedFd> {
+    let kind = st.st_mode & libc::S_IFMT;
+    let mut written: Option<File> = None;
+    match kind {
+        libc::S_IFDIR => nix::sys::stat::mkdirat(work, tmp, Mode::from_bits_truncate(0o700))?,
+        libc::S_IFREG => {
+            let dst = File::from(nix::fcntl::openat(
+                work,
+                tmp,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )?);
+            if data == Data::Copy && st.st_size > 0 {
+                let s = reopen(src.fd(), OFlag::O_RDONLY)?;
+                copy_data(&s, &dst, st.st_size as u64)?;
+            }
+            written = Some(dst);
+        }
+        libc::S_IFLNK => {
+            let target = nix::fcntl::readlinkat(src.fd(), "")?;
+            nix::unistd::symlinkat(target.as_os_str(), work, tmp)?;
+        }
+        _ => nix::sys::stat::mknodat(
+            work,
+            tmp,
+            SFlag::from_bits_truncate(kind),
+            Mode::from_bits_truncate(0o600),
+            st.st_rdev,
+        )?,
+    }
+    let fd = open_path(work, tmp)?;
+    copy_xattrs(fs, src.fd(), fd.as_fd())?;
+    if let LayerRef::Lower(i) = src.layer {
+        let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
+        if let Some(origin) = crate::origin::encode(src.fd(), &uuid) {
+            crate::sys::fsops::setxattr(fd.as_fd(), fs.layers.ns.origin(), &origin, 0)?;
+        }
+    }
+    set_owner_mode_times(fd.as_fd(), work, tmp, st)?;
+    if let Some(f) = written {
+        if !fs.config.volatile {
+            f.sync_all()?;
+        }
+    }
+    Ok(fd)
+}
+
+/// Owner, then mode (chown clears set-id bits), then times (both change ctime only).
+pub fn set_owner_mode_times(
+    fd: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &FileStat,
+) -> Result<()> {
+    let kind = st.st_mode & libc::S_IFMT;
+    match nix::unistd::fchownat(
+        fd,
+        "",
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+        AtFlags::AT_EMPTY_PATH,
+    ) {
+        Ok(()) => {}
+        // Without privileges every file is ours anyway.
+        Err(NixErrno::EPERM) if !nix::unistd::geteuid().is_root() => {}
+        Err(e) => return Err(e.into()),
+    }
+    if kind != libc::S_IFLNK {
+        let path = crate::sys::fsops::proc_fd_path(fd);
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path.as_c_str(),
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            FchmodatFlags::FollowSymlink,
+        )?;
+    }
+    let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+    let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    nix::sys::stat::utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)?;
+    Ok(())
+}
+
+/// Copies the user-visible xattrs; the overlay's own are not the copy's.
+pub fn copy_xattrs(fs: &UnionFs, src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+    let prefix = fs.layers.ns.prefix().as_bytes();
+    for name in crate::sys::fsops::listxattr_names(src)? {
+        if name.starts_with(prefix) {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes_ext(&name);
+        let Some(value) = crate::sys::fsops::getxattr_vec(src, name)? else {
+            continue;
+        };
+        match crate::sys::fsops::setxattr(dst, name, &value, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                log::warn!("copy-up: xattr {name:?} not supported by the upper filesystem");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+trait FromBytesExt {
+    fn from_bytes_ext(b: &[u8]) -> &OsStr;
+}
+impl FromBytesExt for OsStr {
+    fn from_bytes_ext(b: &[u8]) -> &OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+/// Copies `size` bytes: a reflink when the filesystem shares extents, else the data
+/// segments one by one (holes stay holes) with `copy_file_range`, else read/write.
+pub fn copy_data(src: &File, dst: &File, size: u64) -> Result<()> {
+    if crate::sys::fsops::ficlone(dst.as_fd(), src.as_fd()).is_ok() {
+        return Ok(());
+    }
+    let mut off: i64 = 0;
+    let end = size as i64;
+    while off < end {
+        let data = match nix::unistd::lseek64(src.as_fd(), off, nix::unistd::Whence::SeekData) {
+            Ok(d) => d,
+            Err(NixErrno::ENXIO) => break,
+            Err(_) => off,
+        };
+        let hole = nix::unistd::lseek64(src.as_fd(), data, nix::unistd::Whence::SeekHole)
+            .unwrap_or(end)
+            .min(end);
+        copy_range(src, dst, data, hole)?;
+        off = hole;
+    }
+    dst.set_len(size)?;
+    Ok(())
+}
+
+fn copy_range(src: &File, dst: &File, mut from: i64, to: i64) -> Result<()> {
+    while from < to {
+        let len = (to - from) as usize;
+        let mut off_in = from;
+        let mut off_out = from;
+        match nix::fcntl::copy_file_range(
+            src.as_fd(),
+            Some(&mut off_in),
+            dst.as_fd(),
+            Some(&mut off_out),
+            len,
+        ) {
+            Ok(0) => return Ok(()),
+            Ok(n) => from += n as i64,
+            Err(NixErrno::EXDEV | NixErrno::EINVAL | NixErrno::ENOSYS | NixErrno::EOPNOTSUPP) => {
+                return copy_range_rw(src, dst, from, to);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: &File, dst: &File, mut from: i64, to: i64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    while from < to {
+        let want = ((to - from) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], from as u64)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], from as u64)?;
+        from += n as i64;
+    }
+    Ok(())
+}

@@ -1,0 +1,684 @@
+//! The `fuser::Filesystem` adapter: each handler converts its arguments, calls one core
+//! operation and replies. No filesystem logic lives here.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+use nix::sys::time::TimeSpec;
+
+use crate::errno::Errno;
+use crate::ops::attr::{SetAttr, SetTime};
+use crate::ops::namei::NewObj;
+use crate::union::{Attr, Ctx, UnionFs};
+
+/// All changes go through us, so the kernel may cache names and attributes for long; a
+/// name that is missing is cached too, which makes `$PATH`-style searches cheap.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub struct FuseAdapter {
+    pub fs: UnionFs,
+    /// Whether the kernel agreed to passthrough at init.
+    passthrough: AtomicBool,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: UnionFs) -> Self {
+        FuseAdapter {
+            fs,
+            passthrough: AtomicBool::new(false),
+        }
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype(t: nix::dir::Type) -> FileType {
+    use nix::dir::Type;
+    match t {
+        Type::Directory => FileType::Directory,
+        Type::Symlink => FileType::Symlink,
+        Type::Fifo => FileType::NamedPipe,
+        Type::Socket => FileType::Socket,
+        Type::CharacterDevice => FileType::CharDevice,
+        Type::BlockDevice => FileType::BlockDevice,
+        Type::File => FileType::RegularFile,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: UNIX_EPOCH,
+        kind: kind(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn settime(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => {
+            let (sec, nsec) = match st.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut sec = -(d.as_secs() as i64);
+                    let mut nsec = -i64::from(d.subsec_nanos());
+                    if nsec < 0 {
+                        sec -= 1;
+                        nsec += 1_000_000_000;
+                    }
+                    (sec, nsec)
+                }
+            };
+            SetTime::At(TimeSpec::new(sec, nsec))
+        }
+    })
+}
+
+fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE.into()),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+impl FuseAdapter {
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        obj: NewObj<'_>,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .fs
+            .create_obj(&ctx(req), parent.0, name, obj)
+            .map(|(_, a, _)| a);
+        entry(reply, r);
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+        ] {
+            // A capability the kernel lacks only costs speed.
+            let _ = config.add_capabilities(cap);
+        }
+        if self.fs.config.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok((_, a)) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            // A negative entry (node id 0) with a TTL: the kernel caches the miss.
+            Err(Errno(libc::ENOENT)) => {
+                reply.entry(&TTL, &blank_attr(0), Generation(0));
+            }
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: settime(atime),
+            mtime: settime(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, a) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.create_entry(req, parent, name, NewObj::Node { mode, rdev }, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.create_entry(req, parent, name, NewObj::Dir { mode }, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.create_entry(
+            req,
+            parent,
+            link_name,
+            NewObj::Symlink {
+                target: target.as_os_str(),
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.rmdir(parent.0, name));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        entry(
+            reply,
+            self.fs.link(ino.0, newparent.0, newname).map(|(_, a)| a),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let file = match self.fs.open_file(ino.0, flags.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e.into()),
+        };
+        let backing = if self.passthrough.load(Ordering::Relaxed) {
+            reply.open_backing(&file).ok()
+        } else {
+            None
+        };
+        let has_backing = backing.is_some();
+        let fh = self.fs.add_handle(ino.0, file, backing);
+        let flags = FopenFlags::FOPEN_KEEP_CACHE;
+        match (has_backing, self.fs.handles.file(fh)) {
+            (true, Some(h)) => match &h.backing {
+                Some(b) => reply.opened_passthrough(FileHandle(fh), flags, b),
+                None => reply.opened(FileHandle(fh), flags),
+            },
+            _ => reply.opened(FileHandle(fh), flags),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (entries, (dot, dotdot)) = match self
+            .fs
+            .dir_entries(fh.0, offset)
+            .and_then(|e| Ok((e, self.fs.dot_inos(ino.0)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e.into()),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let (i, n) = if off == 0 { (dot, ".") } else { (dotdot, "..") };
+            if reply.add(INodeNo(i), off + 1, FileType::Directory, n) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 3, dtype(e.dtype), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (entries, (dot, dotdot)) = match self
+            .fs
+            .dir_entries(fh.0, offset)
+            .and_then(|e| Ok((e, self.fs.dot_inos(ino.0)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e.into()),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let (i, n) = if off == 0 { (dot, ".") } else { (dotdot, "..") };
+            // The kernel takes no reference for `.` and `..`; their attributes are unused.
+            if reply.add(
+                INodeNo(i),
+                off + 1,
+                n,
+                &Duration::ZERO,
+                &blank_attr(i),
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            // Each entry sent counts one lookup, as a LOOKUP would.
+            let Ok((node, a)) = self.fs.lookup(ino.0, &e.name) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(a.ino),
+                i as u64 + 3,
+                &e.name,
+                &TTL,
+                &fattr(&a),
+                Generation(0),
+            ) {
+                self.fs.forget(node.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, self.fs.getxattr(ino.0, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, self.fs.listxattr(ino.0));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.removexattr(ino.0, name));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (node, a, file) =
+            match self
+                .fs
+                .create_obj(&ctx(req), parent.0, name, NewObj::File { mode, flags })
+            {
+                Ok(x) => x,
+                Err(e) => return reply.error(e.into()),
+            };
+        let Some(file) = file else {
+            return reply.error(Errno::EIO.into());
+        };
+        let backing = if self.passthrough.load(Ordering::Relaxed) {
+            reply.open_backing(&file).ok()
+        } else {
+            None
+        };
+        let fh = self.fs.add_handle(node.ino, file, backing);
+        let flags = FopenFlags::FOPEN_KEEP_CACHE;
+        match self.fs.handles.file(fh) {
+            Some(h) => match &h.backing {
+                Some(b) => reply.created_passthrough(
+                    &TTL,
+                    &fattr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    flags,
+                    b,
+                ),
+                None => reply.created(&TTL, &fattr(&a), Generation(0), FileHandle(fh), flags),
+            },
+            None => reply.error(Errno::EIO.into()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+}
+
+/// Attributes for replies where the kernel reads none (negative entries, `.` and `..`).
+fn blank_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

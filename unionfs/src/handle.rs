@@ -1,0 +1,79 @@
+//! Open files and directories, by FUSE file handle.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::readdir::Entry;
+
+#[derive(Debug)]
+pub struct FileHandle {
+    pub ino: u64,
+    pub file: File,
+    /// The kernel's passthrough registration, closed when the handle is released.
+    pub backing: Option<fuser::BackingId>,
+}
+
+#[derive(Debug)]
+pub struct DirHandle {
+    pub ino: u64,
+    /// The listing taken at the first read (and again on rewind), offsets index into it.
+    pub entries: Mutex<Option<Arc<Vec<Entry>>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Handles {
+    files: DashMap<u64, Arc<FileHandle>>,
+    dirs: DashMap<u64, Arc<DirHandle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub fn new() -> Self {
+        Handles {
+            next: AtomicU64::new(1),
+            ..Default::default()
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn add_file(&self, h: FileHandle) -> u64 {
+        let id = self.id();
+        self.files.insert(id, Arc::new(h));
+        id
+    }
+
+    pub fn file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| Arc::clone(h.value()))
+    }
+
+    pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.remove(&fh).map(|(_, h)| h)
+    }
+
+    pub fn add_dir(&self, ino: u64) -> u64 {
+        let id = self.id();
+        self.dirs.insert(
+            id,
+            Arc::new(DirHandle {
+                ino,
+                entries: Mutex::new(None),
+            }),
+        );
+        id
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
+        self.dirs.get(&fh).map(|h| Arc::clone(h.value()))
+    }
+
+    pub fn remove_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}

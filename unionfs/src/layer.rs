@@ -1,0 +1,185 @@
+//! The layer stack: the upper layer, the lower layers top-down, and the work directory,
+//! each held open as an `O_PATH` descriptor so that requests resolve names beneath it.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode};
+
+use crate::errno::Result;
+
+/// The namespace of the overlay's private xattrs (`trusted.overlay.*` or, with `userxattr`,
+/// `user.overlay.*`), as the kernel's `userxattr` option selects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNs {
+    Trusted,
+    User,
+}
+
+impl XattrNs {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.",
+            XattrNs::User => "user.overlay.",
+        }
+    }
+    pub fn opaque(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.opaque",
+            XattrNs::User => "user.overlay.opaque",
+        })
+    }
+    pub fn origin(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.origin",
+            XattrNs::User => "user.overlay.origin",
+        })
+    }
+    pub fn impure(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.impure",
+            XattrNs::User => "user.overlay.impure",
+        })
+    }
+}
+
+/// One layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    pub path: PathBuf,
+    pub root: OwnedFd,
+    pub dev: u64,
+    /// Index of the layer's filesystem among the layers' distinct filesystems; 0 is the
+    /// upper's. It goes into the high bits of inode numbers, as the kernel's `xino` does.
+    pub fsid: u64,
+    /// The filesystem's UUID, recorded in origin file handles.
+    pub uuid: [u8; 16],
+}
+
+impl Layer {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+#[derive(Debug)]
+pub struct Layers {
+    pub upper: Option<Layer>,
+    /// Top-down: `lowers[0]` is the topmost lower layer.
+    pub lowers: Vec<Layer>,
+    /// `workdir/work`, where copy-ups and whiteouts are built before they are renamed in.
+    pub work: Option<OwnedFd>,
+    pub ns: XattrNs,
+}
+
+pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+pub fn fstat_fd(fd: BorrowedFd<'_>) -> Result<FileStat> {
+    Ok(nix::sys::stat::fstatat(fd, "", AtFlags::AT_EMPTY_PATH)?)
+}
+
+/// The name of the kernel's (and our) scratch directory inside the workdir.
+pub const WORK_SUBDIR: &str = "work";
+
+impl Layers {
+    pub fn open(
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        workdir: Option<&Path>,
+        ns: XattrNs,
+    ) -> Result<Layers> {
+        let mut devs: Vec<u64> = Vec::new();
+        let mut fsid_of = |dev: u64| -> u64 {
+            if let Some(i) = devs.iter().position(|d| *d == dev) {
+                i as u64
+            } else {
+                devs.push(dev);
+                (devs.len() - 1) as u64
+            }
+        };
+        let mut make = |path: &Path| -> Result<Layer> {
+            let root = open_dir_path(path)?;
+            let st = fstat_fd(root.as_fd())?;
+            let dev = st.st_dev;
+            let uuid = crate::sys::fsops::fs_uuid(root.as_fd());
+            Ok(Layer {
+                path: path.to_path_buf(),
+                root,
+                dev,
+                fsid: fsid_of(dev),
+                uuid,
+            })
+        };
+        // The upper first, so that its filesystem gets fsid 0.
+        let upper = upper.map(&mut make).transpose()?;
+        let lowers = lowers.iter().map(|p| make(p)).collect::<Result<Vec<_>>>()?;
+        let work = match workdir {
+            Some(w) => Some(prepare_work(w)?),
+            None => None,
+        };
+        Ok(Layers {
+            upper,
+            lowers,
+            work,
+            ns,
+        })
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+}
+
+/// Creates `workdir/work` (mode 0, as the kernel does) and empties it of whatever an earlier
+/// crash left behind: those are half-built copies that were never renamed into place.
+fn prepare_work(workdir: &Path) -> Result<OwnedFd> {
+    let wd = open_dir_path(workdir)?;
+    match nix::sys::stat::mkdirat(wd.as_fd(), WORK_SUBDIR, Mode::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let work = nix::fcntl::openat(
+        wd.as_fd(),
+        WORK_SUBDIR,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    clean_dir(work.as_fd())?;
+    Ok(work)
+}
+
+/// Removes everything inside a directory (recursively), keeping the directory.
+pub fn clean_dir(dir: BorrowedFd<'_>) -> Result<()> {
+    let names = crate::readdir::list_raw(dir)?;
+    for e in names {
+        if e.is_dir {
+            let sub = nix::fcntl::openat(
+                dir,
+                e.name.as_os_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            clean_dir(sub.as_fd())?;
+            nix::unistd::unlinkat(
+                dir,
+                e.name.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            )?;
+        } else {
+            nix::unistd::unlinkat(
+                dir,
+                e.name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The merge rule for one name in one merged directory: top-down over the upper and the
+//! lower layers, a whiteout ends the search, a non-directory hides everything below it,
+//! directories merge until an opaque one.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::errno::Errno as NixErrno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode};
+
+use crate::errno::{Errno, Result};
+use crate::inode::{LayerRef, Real, State};
+use crate::layer::{fstat_fd, Layers};
+use crate::whiteout;
+
+/// What one layer directory holds under a name.
+pub enum Probe {
+    Missing,
+    Whiteout,
+    Found(OwnedFd, FileStat),
+}
+
+/// Looks `name` up in one layer directory. `image_layer` turns on the AUFS markers, which
+/// only lower layers can carry.
+pub fn probe(dir: BorrowedFd<'_>, name: &OsStr, image_layer: bool) -> Result<Probe> {
+    if image_layer && whiteout::is_aufs_name(name) {
+        return Ok(Probe::Missing);
+    }
+    let fd = match nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(NixErrno::ENOENT) => {
+            if image_layer {
+                if let Some(marker) = whiteout::aufs_marker(name) {
+                    if nix::sys::stat::fstatat(
+                        dir,
+                        marker.as_os_str(),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .is_ok()
+                    {
+                        return Ok(Probe::Whiteout);
+                    }
+                }
+            }
+            return Ok(Probe::Missing);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let st = fstat_fd(fd.as_fd())?;
+    if whiteout::is_whiteout(&st) {
+        return Ok(Probe::Whiteout);
+    }
+    Ok(Probe::Found(fd, st))
+}
+
+/// A name as the union shows it.
+pub struct Found {
+    pub kind: u32,
+    pub upper: Option<Real>,
+    pub lowers: Vec<Real>,
+    /// The stat of the object shown (the upper one if any).
+    pub st: FileStat,
+    /// The inode number `stat` must show.
+    pub natural_ino: u64,
+    pub impure: bool,
+}
+
+impl Found {
+    pub fn into_state(self, parent: u64, name: &OsStr) -> State {
+        State {
+            parent,
+            name: name.to_os_string(),
+            upper: self.upper,
+            lowers: self.lowers,
+            impure: self.impure,
+            unlinked: false,
+        }
+    }
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
+}
+
+fn real(fd: OwnedFd, st: &FileStat, layer: LayerRef) -> Real {
+    Real {
+        fd: Arc::new(fd),
+        layer,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    }
+}
+
+/// Whether a lower directory is opaque: the overlay xattr, or an AUFS opaque marker in it.
+fn lower_dir_opaque(layers: &Layers, fd: BorrowedFd<'_>) -> bool {
+    whiteout::has_opaque_xattr(fd, layers.ns)
+        || nix::sys::stat::fstatat(
+            fd,
+            OsStr::new(std::str::from_utf8(whiteout::AUFS_OPAQUE).unwrap_or(".wh..wh..opq")),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+}
+
+/// Resolves `name` in the merged directory `parent`.
+pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<Found>> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    let mut upper: Option<(Real, FileStat)> = None;
+    let mut opaque = false;
+    if let Some(pu) = &parent.upper {
+        match probe(pu.fd(), name, false)? {
+            Probe::Whiteout => return Ok(None),
+            Probe::Missing => {}
+            Probe::Found(fd, st) => {
+                if is_dir(&st) {
+                    opaque = whiteout::has_opaque_xattr(fd.as_fd(), layers.ns);
+                } else {
+                    opaque = true;
+                }
+                upper = Some((real(fd, &st, LayerRef::Upper), st));
+            }
+        }
+    }
+    let mut lowers: Vec<(Real, FileStat)> = Vec::new();
+    if !opaque {
+        for pl in &parent.lowers {
+            let LayerRef::Lower(idx) = pl.layer else {
+                continue;
+            };
+            match probe(pl.fd(), name, true)? {
+                Probe::Missing => continue,
+                Probe::Whiteout => break,
+                Probe::Found(fd, st) => {
+                    let dir = is_dir(&st);
+                    if !dir {
+                        // A non-directory shows only when nothing is above it.
+                        if upper.is_none() && lowers.is_empty() {
+                            lowers.push((real(fd, &st, LayerRef::Lower(idx)), st));
+                        }
+                        break;
+                    }
+                    let stop = lower_dir_opaque(layers, fd.as_fd());
+                    lowers.push((real(fd, &st, LayerRef::Lower(idx)), st));
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let (st, kind) = match (&upper, lowers.first()) {
+        (Some((_, st)), _) | (None, Some((_, st))) => (*st, st.st_mode & libc::S_IFMT),
+        (None, None) => return Ok(None),
+    };
+    let mut impure = false;
+    let natural_ino = match &upper {
+        Some((u, _)) => {
+            // Only a copy-up or a rename records an origin, and both mark the parent
+            // impure: a pure parent spares us the xattr read.
+            let origin = if parent.impure || kind == libc::S_IFDIR {
+                crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.origin())
+                    .ok()
+                    .flatten()
+                    .and_then(|v| crate::origin::decode_ino(&v))
+            } else {
+                None
+            };
+            if kind == libc::S_IFDIR {
+                impure = crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.impure())
+                    .ok()
+                    .flatten()
+                    .is_some();
+            }
+            match origin {
+                Some(o) => crate::inode::natural_ino(o, origin_fsid(layers, &lowers)),
+                None => u.ino,
+            }
+        }
+        None => {
+            let (l, _) = &lowers[0];
+            crate::inode::natural_ino(l.ino, layer_fsid(layers, l.layer))
+        }
+    };
+    Ok(Some(Found {
+        kind,
+        upper: upper.map(|(r, _)| r),
+        lowers: lowers.into_iter().map(|(r, _)| r).collect(),
+        st,
+        natural_ino,
+        impure,
+    }))
+}
+
+pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
+    match l {
+        LayerRef::Upper => 0,
+        LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
+    }
+}
+
+/// The filesystem an origin lives on: the merged lower's, or the first lower's.
+fn origin_fsid(layers: &Layers, lowers: &[(Real, FileStat)]) -> u64 {
+    match lowers.first() {
+        Some((l, _)) => layer_fsid(layers, l.layer),
+        None => layers
+            .lowers
+            .iter()
+            .find(|l| l.fsid == 0)
+            .or(layers.lowers.first())
+            .map_or(0, |l| l.fsid),
+    }
+}

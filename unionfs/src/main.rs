@@ -1,0 +1,192 @@
+//! `unionfs`: command line to mount. Parses and checks the options, daemonizes (unless
+//! `-f`), mounts, reports readiness to the waiting parent, serves until unmounted, and
+//! leaves the work directory clean.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use unionfs::fs::FuseAdapter;
+use unionfs::layer::{Layers, XattrNs};
+use unionfs::options::{self, KernelOpt, Options, ParseOutcome};
+use unionfs::sys::daemon::{self, Readiness};
+use unionfs::sys::fuse_mount::{self, MountRequest};
+use unionfs::union::{Config, UnionFs};
+
+/// Logs to stderr; `-d` turns on every request (fuser logs them at debug level).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("unionfs: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let opts = match options::parse_args(args) {
+        Ok(ParseOutcome::Run(o)) => o,
+        Ok(ParseOutcome::Exit(text, code)) => {
+            print!("{text}");
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(if opts.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    });
+    for w in &opts.warnings {
+        eprintln!("unionfs: warning: {w}");
+    }
+    // Held for the daemon's whole life: a second mount on this workdir is refused.
+    let _work_lock = match options::validate(&opts) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Fork before any thread exists.
+    let readiness = if opts.foreground {
+        None
+    } else {
+        match daemon::daemonize() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("unionfs: cannot start the daemon: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    match serve(&opts, readiness) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((msg, readiness)) => {
+            match readiness {
+                Some(r) => r.fail(&msg),
+                None => eprintln!("unionfs: {msg}"),
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+type ServeError = (String, Option<Readiness>);
+
+fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError> {
+    // The caller's umask is applied by the kernel before a request reaches us; ours must
+    // not apply a second time.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    raise_fd_limit();
+    let root = nix::unistd::geteuid().is_root();
+    let ns = if opts.userxattr || !root {
+        XattrNs::User
+    } else {
+        XattrNs::Trusted
+    };
+    let layers = match Layers::open(
+        &opts.lowerdirs,
+        opts.upperdir.as_deref(),
+        opts.workdir.as_deref(),
+        ns,
+    ) {
+        Ok(l) => l,
+        Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
+    };
+    if opts.passthrough == Some(true) {
+        log::warn!("passthrough is not implemented yet; serving file data through the daemon");
+    }
+    let config = Config {
+        volatile: opts.volatile,
+        passthrough: false,
+    };
+    let fs = match UnionFs::new(layers, config) {
+        Ok(f) => f,
+        Err(e) => return Err((format!("cannot set up the union: {e}"), readiness)),
+    };
+    let mut kopts: Vec<String> = opts
+        .kernel_opts
+        .iter()
+        .map(|k| k.as_str().to_string())
+        .collect();
+    // Permissions are the kernel's, checked against the attributes we report.
+    if !opts.kernel_opts.contains(&KernelOpt::DefaultPermissions) {
+        kopts.push("default_permissions".into());
+    }
+    // As root, like the kernel's overlay, every user may use the mount.
+    if root
+        && !opts.kernel_opts.contains(&KernelOpt::AllowOther)
+        && !opts.kernel_opts.contains(&KernelOpt::AllowRoot)
+    {
+        kopts.push("allow_other".into());
+    }
+    let acl = if kopts.iter().any(|k| k == "allow_other") {
+        fuser::SessionACL::All
+    } else if kopts.iter().any(|k| k == "allow_root") {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let req = MountRequest {
+        mountpoint: &opts.mountpoint,
+        fsname: "unionfs",
+        subtype: "unionfs",
+        kernel_opts: &kopts,
+        force_fusermount: false,
+    };
+    let (fd, method) = match fuse_mount::mount(&req) {
+        Ok(x) => x,
+        Err(e) => {
+            return Err((
+                format!("cannot mount on {}: {e}", opts.mountpoint.display()),
+                readiness,
+            ))
+        }
+    };
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2)
+    }));
+    config.clone_fd = true;
+    let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fuse_mount::unmount(&opts.mountpoint, method);
+            return Err((format!("FUSE handshake failed: {e}"), readiness));
+        }
+    };
+    if let Some(r) = readiness {
+        r.ready();
+    }
+    let result = session.run();
+    if let Some(w) = &opts.workdir {
+        if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
+            if let Err(e) = unionfs::layer::clean_dir(std::os::fd::AsFd::as_fd(&work)) {
+                log::warn!("cannot clean the work directory: {e}");
+            }
+        }
+    }
+    result.map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// Every node the kernel holds keeps a descriptor open: allow as many as the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

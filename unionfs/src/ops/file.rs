@@ -1,0 +1,137 @@
+//! Open files: open (copy-up when opened for writing), read, write, fsync, fallocate,
+//! lseek, copy_file_range, release.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use nix::fcntl::{FallocateFlags, OFlag};
+
+use crate::copyup::{ensure_upper, reopen, Data};
+use crate::errno::{Errno, Result};
+use crate::handle::FileHandle;
+use crate::union::UnionFs;
+
+/// The flags we pass on to the real open: access mode and synchronous-I/O flags. O_APPEND is
+/// left out since the kernel sends each write with its offset already at the end.
+fn real_flags(flags: i32) -> OFlag {
+    let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_TRUNC;
+    OFlag::from_bits_truncate(flags & keep)
+}
+
+pub fn wants_write(flags: i32) -> bool {
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl UnionFs {
+    /// Opens the real file for a node; copies it up first when opened for writing.
+    pub fn open_file(&self, ino: u64, flags: i32) -> Result<File> {
+        let inode = self.inode(ino)?;
+        let real = if wants_write(flags) {
+            self.check_writable()?;
+            let data = if flags & libc::O_TRUNC != 0 {
+                Data::Skip
+            } else {
+                Data::Copy
+            };
+            ensure_upper(self, &inode, data)?
+        } else {
+            inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
+        };
+        reopen(real.fd(), real_flags(flags))
+    }
+
+    pub fn add_handle(&self, ino: u64, file: File, backing: Option<fuser::BackingId>) -> u64 {
+        self.handles.add_file(FileHandle { ino, file, backing })
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.handles.file(fh).ok_or(Errno::EBADF)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        h.file.write_all_at(data, offset)?;
+        u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.handle(fh)?;
+        if datasync {
+            h.file.sync_data()?;
+        } else {
+            h.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let h = self.handle(fh)?;
+        let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        let len = i64::try_from(length).map_err(|_| Errno::EINVAL)?;
+        nix::fcntl::fallocate(
+            h.file.as_fd(),
+            FallocateFlags::from_bits_truncate(mode),
+            off,
+            len,
+        )?;
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handle(fh)?;
+        let whence = match whence {
+            libc::SEEK_SET => nix::unistd::Whence::SeekSet,
+            libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+            libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+            libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+            libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+            _ => return Err(Errno::EINVAL),
+        };
+        Ok(nix::unistd::lseek64(h.file.as_fd(), offset, whence)?)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let hi = self.handle(fh_in)?;
+        let ho = self.handle(fh_out)?;
+        let mut oi = i64::try_from(off_in).map_err(|_| Errno::EINVAL)?;
+        let mut oo = i64::try_from(off_out).map_err(|_| Errno::EINVAL)?;
+        let len = usize::try_from(len.min(u64::from(u32::MAX >> 1))).map_err(|_| Errno::EINVAL)?;
+        let n = nix::fcntl::copy_file_range(
+            hi.file.as_fd(),
+            Some(&mut oi),
+            ho.file.as_fd(),
+            Some(&mut oo),
+            len,
+        )?;
+        u32::try_from(n).map_err(|_| Errno::EINVAL)
+    }
+}

@@ -1,0 +1,84 @@
+//! Extended attributes. The overlay's own names (`trusted.overlay.*`, or `user.overlay.*`
+//! with `userxattr`) are hidden; a name in that namespace set through the union is stored
+//! escaped as `trusted.overlay.overlay.*`, as the kernel does since Linux 6.7.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::copyup::{ensure_upper, Data};
+use crate::errno::{Errno, Result};
+use crate::union::UnionFs;
+
+impl UnionFs {
+    /// The real name for a name seen through the union.
+    fn real_xattr_name(&self, name: &OsStr) -> OsString {
+        let prefix = self.layers.ns.prefix().as_bytes();
+        let b = name.as_bytes();
+        if let Some(rest) = b.strip_prefix(prefix) {
+            let mut v = prefix.to_vec();
+            v.extend_from_slice(b"overlay.");
+            v.extend_from_slice(rest);
+            OsString::from_vec(v)
+        } else {
+            name.to_os_string()
+        }
+    }
+
+    /// The name the union shows for a real name, or None for the overlay's own.
+    fn shown_xattr_name(&self, real: &[u8]) -> Option<Vec<u8>> {
+        let prefix = self.layers.ns.prefix().as_bytes();
+        match real.strip_prefix(prefix) {
+            None => Some(real.to_vec()),
+            Some(rest) => rest.strip_prefix(b"overlay.".as_slice()).map(|r| {
+                let mut v = prefix.to_vec();
+                v.extend_from_slice(r);
+                v
+            }),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
+        let rname = self.real_xattr_name(name);
+        crate::sys::fsops::getxattr_vec(real.fd(), &rname)?.ok_or(Errno::ENODATA)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
+        let mut out = Vec::new();
+        for n in crate::sys::fsops::listxattr_names(real.fd())? {
+            if let Some(shown) = self.shown_xattr_name(&n) {
+                out.extend_from_slice(&shown);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.check_writable()?;
+        let inode = self.inode(ino)?;
+        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        let rname = self.real_xattr_name(name);
+        crate::sys::fsops::setxattr(upper.fd(), &rname, value, flags)?;
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let inode = self.inode(ino)?;
+        let rname = self.real_xattr_name(name);
+        // Removing what is not there must not copy up.
+        {
+            let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
+            if crate::sys::fsops::getxattr_vec(real.fd(), &rname)?.is_none() {
+                return Err(Errno::ENODATA);
+            }
+        }
+        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        crate::sys::fsops::removexattr(upper.fd(), &rname)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! Merged directory listings: the union of the names in the upper and lower directories,
+//! upper first, duplicates removed, whiteouts and markers hidden. A listing is taken once
+//! per open directory (and again on rewind), so offsets stay stable while it is open.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::errno::Result;
+use crate::inode::{natural_ino, LayerRef, State};
+use crate::layer::Layers;
+use crate::lookup::layer_fsid;
+use crate::whiteout;
+
+/// One entry of a real directory.
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: Option<Type>,
+    pub is_dir: bool,
+}
+
+/// The entries of a real directory, without `.` and `..`.
+pub fn list_raw(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>> {
+    let mut d = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsString::from(std::ffi::OsStr::from_bytes_compat(name));
+        let dtype = match e.file_type() {
+            Some(t) => Some(t),
+            None => nix::sys::stat::fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()
+                .and_then(|st| type_of_mode(st.st_mode)),
+        };
+        out.push(RawEntry {
+            is_dir: dtype == Some(Type::Directory),
+            name,
+            ino: e.ino(),
+            dtype,
+        });
+    }
+    Ok(out)
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &OsStr;
+}
+impl FromBytesCompat for OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+pub fn type_of_mode(mode: u32) -> Option<Type> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFDIR => Type::Directory,
+        libc::S_IFREG => Type::File,
+        libc::S_IFLNK => Type::Symlink,
+        libc::S_IFIFO => Type::Fifo,
+        libc::S_IFSOCK => Type::Socket,
+        libc::S_IFCHR => Type::CharacterDevice,
+        libc::S_IFBLK => Type::BlockDevice,
+        _ => return None,
+    })
+}
+
+/// One entry of a merged listing.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: Type,
+}
+
+fn is_upper_whiteout(dir: BorrowedFd<'_>, e: &RawEntry) -> bool {
+    e.dtype == Some(Type::CharacterDevice)
+        && nix::sys::stat::fstatat(dir, e.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| whiteout::is_whiteout(&st))
+            .unwrap_or(false)
+}
+
+/// The merged listing of a directory node.
+pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
+    let mut seen: HashSet<OsString> = HashSet::new();
+    let mut out = Vec::new();
+    if let Some(u) = &st.upper {
+        for e in list_raw(u.fd())? {
+            if is_upper_whiteout(u.fd(), &e) {
+                seen.insert(e.name);
+                continue;
+            }
+            let ino = if st.impure {
+                upper_entry_ino(layers, u.fd(), &e.name).unwrap_or(e.ino)
+            } else {
+                e.ino
+            };
+            seen.insert(e.name.clone());
+            out.push(Entry {
+                name: e.name,
+                ino,
+                dtype: e.dtype.unwrap_or(Type::File),
+            });
+        }
+    }
+    for l in &st.lowers {
+        let fsid = layer_fsid(layers, l.layer);
+        let entries = list_raw(l.fd())?;
+        let mut opaque = false;
+        // Markers first: they hide names in this layer's siblings below, never above.
+        let mut hidden: Vec<OsString> = Vec::new();
+        for e in &entries {
+            if whiteout::is_aufs_opaque(&e.name) {
+                opaque = true;
+            } else if let Some(h) = whiteout::aufs_hidden_name(&e.name) {
+                hidden.push(h.to_os_string());
+            }
+        }
+        for e in entries {
+            if whiteout::is_aufs_name(&e.name) || seen.contains(&e.name) {
+                continue;
+            }
+            if e.dtype == Some(Type::CharacterDevice) && is_upper_whiteout(l.fd(), &e) {
+                seen.insert(e.name);
+                continue;
+            }
+            seen.insert(e.name.clone());
+            out.push(Entry {
+                ino: natural_ino(e.ino, fsid),
+                name: e.name,
+                dtype: e.dtype.unwrap_or(Type::File),
+            });
+        }
+        seen.extend(hidden);
+        if opaque || matches!(l.layer, LayerRef::Upper) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The inode number an upper entry shows: its origin's when it has one.
+fn upper_entry_ino(layers: &Layers, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let v = crate::sys::fsops::getxattr_vec(fd.as_fd(), layers.ns.origin()).ok()??;
+    let ino = crate::origin::decode_ino(&v)?;
+    let fsid = layers.lowers.first().map_or(0, |l| l.fsid);
+    Some(natural_ino(ino, fsid))
+}
+
+/// Whether a merged directory shows no entries (whiteouts do not count).
+pub fn is_empty(layers: &Layers, st: &State) -> Result<bool> {
+    Ok(merged(layers, st)?.is_empty())
+}

@@ -1,0 +1,212 @@
+//! Syscalls that neither std nor nix wrap: xattrs addressed through `/proc/self/fd`,
+//! `name_to_handle_at`, and the clone/uuid ioctls.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+fn cstr(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The path through which an `O_PATH` descriptor's inode can be named by path-based calls.
+/// The magic link leads to the inode itself, also when it is a symlink.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never contains a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn ret_len(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// getxattr on the inode behind `fd`; `buf` empty asks for the size.
+pub fn getxattr(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let path = proc_fd_path(fd);
+    let name = cstr(name.as_bytes())?;
+    // SAFETY: both strings are NUL-terminated and live across the call; the buffer pointer
+    // and length describe a valid writable slice (a zero length only asks for the size).
+    let r = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    ret_len(r)
+}
+
+/// The whole value of an xattr, or None when the inode does not have it.
+pub fn getxattr_vec(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    loop {
+        let size = match getxattr(fd, name, &mut []) {
+            Ok(s) => s,
+            Err(e) if is_no_xattr(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; size];
+        match getxattr(fd, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            // The value grew between the two calls: ask again.
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) if is_no_xattr(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// ENODATA, or the "no xattrs here at all" answers of filesystems and special files.
+pub fn is_no_xattr(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
+    )
+}
+
+pub fn setxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let path = proc_fd_path(fd);
+    let name = cstr(name.as_bytes())?;
+    // SAFETY: NUL-terminated strings and a readable slice that outlive the call.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let path = proc_fd_path(fd);
+    let name = cstr(name.as_bytes())?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// listxattr; `buf` empty asks for the size.
+pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let path = proc_fd_path(fd);
+    // SAFETY: NUL-terminated path; valid writable slice.
+    let r = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    ret_len(r)
+}
+
+/// Every xattr name of the inode behind `fd`, NUL separators removed.
+pub fn listxattr_names(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    loop {
+        let size = match listxattr(fd, &mut []) {
+            Ok(s) => s,
+            Err(e) if is_no_xattr(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; size];
+        match listxattr(fd, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A file handle as `name_to_handle_at` returns it: (handle type, handle bytes).
+/// With an empty `name`, the handle of `dir` itself (`AT_EMPTY_PATH`, which takes `O_PATH`
+/// descriptors).
+pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(i32, Vec<u8>)> {
+    const MAX_HANDLE: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        f: [u8; MAX_HANDLE],
+    }
+    let mut h = Handle {
+        bytes: MAX_HANDLE as u32,
+        kind: 0,
+        f: [0; MAX_HANDLE],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is laid out as `struct file_handle` with room for MAX_HANDLE bytes, which
+    // `bytes` announces; the name is NUL-terminated; all pointers outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            std::ptr::addr_of_mut!(h),
+            std::ptr::addr_of_mut!(mount_id),
+            if name.is_empty() {
+                libc::AT_EMPTY_PATH
+            } else {
+                0
+            },
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = (h.bytes as usize).min(MAX_HANDLE);
+    Ok((h.kind, h.f[..n].to_vec()))
+}
+
+/// The filesystem's UUID (`FS_IOC_GETFSUUID`), all zeros when it has none or the ioctl is
+/// missing: the kernel's overlay then also records a null UUID in origin handles.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> [u8; 16] {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    let mut u = FsUuid2 {
+        len: 16,
+        uuid: [0; 16],
+    };
+    // _IOR(0x15, 0, struct fsuuid2), the struct being 17 bytes.
+    const FS_IOC_GETFSUUID: libc::c_ulong = (2 << 30) | (17 << 16) | (0x15 << 8);
+    // SAFETY: the argument points to a live struct of the size the request encodes.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, std::ptr::addr_of_mut!(u)) };
+    if r < 0 || u.len as usize != 16 {
+        return [0; 16];
+    }
+    u.uuid
+}
+
+/// Shares the data extents of `src` with `dst` (reflink); fails on filesystems without it.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // _IOW(0x94, 9, int)
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source descriptor as its integer argument.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

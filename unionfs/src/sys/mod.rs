@@ -1,0 +1,6 @@
+//! The only place with `unsafe`: thin wrappers over syscalls that std and nix do not cover.
+#![allow(unsafe_code)]
+
+pub mod daemon;
+pub mod fsops;
+pub mod fuse_mount;

@@ -1,0 +1,240 @@
+//! The union filesystem core: the layer stack, the inode table and the open handles, and the
+//! helpers every family of operations shares. It knows nothing of FUSE.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode};
+
+use crate::errno::{Errno, Result};
+use crate::handle::Handles;
+use crate::inode::{Inode, InodeTable, LayerRef, Real, State, ROOT};
+use crate::layer::{fstat_fd, Layers};
+
+/// The caller of a request, for ownership of what it creates.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// Settings that change behaviour, parsed from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Skip the fsync of copied-up data, as the kernel's `volatile` does.
+    pub volatile: bool,
+    /// Hand file data to the kernel (FUSE passthrough) when possible.
+    pub passthrough: bool,
+}
+
+/// Attributes as the union shows them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+fn ts(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = u32::try_from(nsec).unwrap_or(0);
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::new(0, nsec)
+    }
+}
+
+impl Attr {
+    pub fn from_stat(ino: u64, st: &FileStat, merged_dir: bool) -> Attr {
+        Attr {
+            ino,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: ts(st.st_atime, st.st_atime_nsec),
+            mtime: ts(st.st_mtime, st.st_mtime_nsec),
+            ctime: ts(st.st_ctime, st.st_ctime_nsec),
+            mode: st.st_mode,
+            // The kernel's overlay reports 1 for a merged directory: the real counts say
+            // nothing about the union's subdirectories.
+            nlink: if merged_dir { 1 } else { st.st_nlink as u32 },
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        }
+    }
+}
+
+pub struct UnionFs {
+    pub layers: Layers,
+    pub inodes: InodeTable,
+    pub handles: Handles,
+    pub config: Config,
+    tmp_counter: AtomicU64,
+    /// The inode number the root shows (the kernel shows the upper root's).
+    root_ino: u64,
+}
+
+impl UnionFs {
+    pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
+        let inodes = InodeTable::new();
+        let upper = match &layers.upper {
+            Some(u) => {
+                let fd = nix::fcntl::openat(
+                    u.fd(),
+                    ".",
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                Some(real_of(fd, LayerRef::Upper)?)
+            }
+            None => None,
+        };
+        let opaque = upper
+            .as_ref()
+            .is_some_and(|u| crate::whiteout::has_opaque_xattr(u.fd(), layers.ns));
+        let mut lowers = Vec::new();
+        if !opaque {
+            for (i, l) in layers.lowers.iter().enumerate() {
+                let fd = nix::fcntl::openat(
+                    l.fd(),
+                    ".",
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let stop = crate::whiteout::has_opaque_xattr(fd.as_fd(), layers.ns);
+                lowers.push(real_of(fd, LayerRef::Lower(i))?);
+                if stop {
+                    break;
+                }
+            }
+        }
+        let impure = upper.as_ref().is_some_and(|u| {
+            crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.impure())
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        let root_ino = upper.as_ref().or(lowers.first()).map_or(ROOT, |r| r.ino);
+        inodes.insert_root(State {
+            parent: ROOT,
+            name: OsString::new(),
+            upper,
+            lowers,
+            impure,
+            unlinked: false,
+        });
+        Ok(UnionFs {
+            layers,
+            inodes,
+            handles: Handles::new(),
+            config,
+            tmp_counter: AtomicU64::new(1),
+            root_ino,
+        })
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
+        self.inodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    pub fn check_writable(&self) -> Result<()> {
+        if self.layers.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn upper_layer_fd(&self) -> Result<BorrowedFd<'_>> {
+        self.layers
+            .upper
+            .as_ref()
+            .map(|l| l.fd())
+            .ok_or(Errno::EROFS)
+    }
+
+    pub fn work_fd(&self) -> Result<BorrowedFd<'_>> {
+        self.layers
+            .work
+            .as_ref()
+            .map(|w| w.as_fd())
+            .ok_or(Errno::EROFS)
+    }
+
+    /// A fresh name in the work directory, in the kernel's style (`#N`).
+    pub fn tmp_name(&self) -> OsString {
+        OsString::from(format!(
+            "#u{:x}",
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// The attributes of a node, read from its real object.
+    pub fn attr_of(&self, inode: &Inode) -> Result<Attr> {
+        let st = inode.state.read();
+        let real = st.real().ok_or(Errno::ESTALE)?;
+        let fst = fstat_fd(real.fd())?;
+        let ino = if inode.ino == ROOT {
+            self.root_ino
+        } else {
+            inode.ino
+        };
+        Ok(Attr::from_stat(
+            ino,
+            &fst,
+            inode.is_dir() && st.is_merged_dir(),
+        ))
+    }
+
+    /// Resolves `name` under `parent` and returns its node with one more lookup counted.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Arc<Inode>, Attr)> {
+        let p = self.inode(parent)?;
+        if !p.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let found = {
+            let pst = p.state.read();
+            crate::lookup::resolve(&self.layers, &pst, name)?
+        };
+        let found = found.ok_or(Errno::ENOENT)?;
+        let merged = found.kind == libc::S_IFDIR
+            && found.lowers.len() + usize::from(found.upper.is_some()) > 1;
+        let st = found.st;
+        let kind = found.kind;
+        let natural = found.natural_ino;
+        let inode = self
+            .inodes
+            .get_or_insert(natural, kind, found.into_state(parent, name));
+        Ok((Arc::clone(&inode), Attr::from_stat(inode.ino, &st, merged)))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+}
+
+/// A `Real` for a freshly opened upper or lower object.
+pub fn real_of(fd: OwnedFd, layer: LayerRef) -> Result<Real> {
+    let st = fstat_fd(fd.as_fd())?;
+    Ok(Real {
+        fd: Arc::new(fd),
+        layer,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
