@@ -37,6 +37,12 @@ impl XattrNs {
             XattrNs::User => "user.overlay.origin",
         })
     }
+    pub fn uuid(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.uuid",
+            XattrNs::User => "user.overlay.uuid",
+        })
+    }
     pub fn impure(self) -> &'static OsStr {
         OsStr::new(match self {
             XattrNs::Trusted => "trusted.overlay.impure",
@@ -122,7 +128,13 @@ impl Layers {
         let upper = upper.map(&mut make).transpose()?;
         let lowers = lowers.iter().map(|p| make(p)).collect::<Result<Vec<_>>>()?;
         let work = match workdir {
-            Some(w) => Some(prepare_work(w)?),
+            Some(w) => {
+                let (work, new) = prepare_work(w)?;
+                if let (true, Some(u)) = (new, &upper) {
+                    init_uuid(u, ns)?;
+                }
+                Some(work)
+            }
             None => None,
         };
         Ok(Layers {
@@ -138,14 +150,37 @@ impl Layers {
     }
 }
 
-/// Creates `workdir/work` (mode 0, as the kernel does) and empties it of whatever an earlier
-/// crash left behind: those are half-built copies that were never renamed into place.
-fn prepare_work(workdir: &Path) -> Result<OwnedFd> {
-    let wd = open_dir_path(workdir)?;
-    match nix::sys::stat::mkdirat(wd.as_fd(), WORK_SUBDIR, Mode::empty()) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(e.into()),
+/// On the first mount of a new overlay the kernel gives the upper root a random UUID
+/// (`*.overlay.uuid`, the `uuid=auto` default); we do the same so both write the same upper.
+fn init_uuid(upper: &Layer, ns: XattrNs) -> Result<()> {
+    if crate::sys::fsops::getxattr_vec(upper.fd(), ns.uuid())?.is_some() {
+        return Ok(());
     }
+    let mut uuid = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut uuid)?;
+    // RFC 4122 version 4, as the kernel's uuid_gen() makes it.
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    crate::sys::fsops::setxattr(upper.fd(), ns.uuid(), &uuid, 0)?;
+    Ok(())
+}
+
+/// Creates `workdir/work` (mode 0 as root, as the kernel does; 0700 without privileges,
+/// or we could not use it) and empties it of whatever an earlier crash left behind: those
+/// are half-built copies that were never renamed into place. Returns whether the work
+/// directory is new, which marks the first mount of a new overlay.
+fn prepare_work(workdir: &Path) -> Result<(OwnedFd, bool)> {
+    let wd = open_dir_path(workdir)?;
+    let mode = if nix::unistd::geteuid().is_root() {
+        Mode::empty()
+    } else {
+        Mode::S_IRWXU
+    };
+    let new = match nix::sys::stat::mkdirat(wd.as_fd(), WORK_SUBDIR, mode) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EEXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
     let work = nix::fcntl::openat(
         wd.as_fd(),
         WORK_SUBDIR,
@@ -153,7 +188,7 @@ fn prepare_work(workdir: &Path) -> Result<OwnedFd> {
         Mode::empty(),
     )?;
     clean_dir(work.as_fd())?;
-    Ok(work)
+    Ok((work, new))
 }
 
 /// Removes everything inside a directory (recursively), keeping the directory.

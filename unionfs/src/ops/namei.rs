@@ -399,10 +399,10 @@ impl UnionFs {
                 match (src.node.is_dir(), d.node.is_dir()) {
                     (true, false) => return Err(Errno::ENOTDIR),
                     (false, true) => return Err(Errno::EISDIR),
-                    (true, true) => {
-                        if !crate::readdir::is_empty(&self.layers, &d.node.state.read())? {
-                            return Err(Errno::ENOTEMPTY);
-                        }
+                    (true, true)
+                        if !crate::readdir::is_empty(&self.layers, &d.node.state.read())? =>
+                    {
+                        return Err(Errno::ENOTEMPTY);
                     }
                     _ => {}
                 }
