@@ -18,9 +18,11 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use crate::errno::{Errno, Result};
-use crate::inode::{Inode, LayerRef, Real};
+use crate::inode::{Inode, LayerRef, Loc, Real};
 use crate::layer::fstat_fd;
-use crate::union::{real_of, UnionFs};
+use crate::lookup;
+use crate::sys::fsops::XPath;
+use crate::union::UnionFs;
 
 /// How much of the object to copy.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,13 +30,6 @@ pub enum Data {
     Copy,
     /// The caller is about to truncate to zero (open with `O_TRUNC`): skip the data.
     Skip,
-}
-
-/// Reopens an `O_PATH` descriptor with real access flags.
-pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> Result<File> {
-    let path = crate::sys::fsops::proc_fd_path(fd);
-    let fd = nix::fcntl::open(path.as_c_str(), flags | OFlag::O_CLOEXEC, Mode::empty())?;
-    Ok(File::from(fd))
 }
 
 /// The node's upper object, copying it (and its parents) up first when it has none.
@@ -59,7 +54,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             st.lowers.first().cloned().ok_or(Errno::EIO)?,
         )
     };
-    let upper = copy_up_one(fs, &src, pupper.fd(), &name, data)?;
+    let upper = copy_up_one(fs, &src, &pupper, &name, data)?;
     mark_impure(fs, &parent, &pupper)?;
     inode.state.write().upper = Some(upper.clone());
     Ok(upper)
@@ -70,7 +65,7 @@ pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
     if dir.state.read().impure {
         return Ok(());
     }
-    crate::sys::fsops::setxattr(dir_upper.fd(), fs.layers.ns.impure(), b"y", 0)?;
+    crate::sys::fsops::setxattr(&dir_upper.xpath(), fs.layers.ns.impure(), b"y", 0)?;
     dir.state.write().impure = true;
     Ok(())
 }
@@ -78,28 +73,41 @@ pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
 fn copy_up_one(
     fs: &UnionFs,
     src: &Real,
-    parent_upper: BorrowedFd<'_>,
+    parent_upper: &Real,
     name: &OsStr,
     data: Data,
 ) -> Result<Real> {
     let work = fs.work_fd()?;
+    let pdir = parent_upper.dir_arc()?;
     let tmp = fs.tmp_name();
-    let st = fstat_fd(src.fd())?;
+    let st = src.stat()?;
     let result = build(fs, src, &st, work, &tmp, data).and_then(|fd| {
         nix::fcntl::renameat2(
             work,
             tmp.as_os_str(),
-            parent_upper,
+            pdir.as_fd(),
             name,
             RenameFlags::RENAME_NOREPLACE,
         )?;
-        real_of(fd, LayerRef::Upper)
+        // The descriptor still names the object after the rename.
+        let ust = fstat_fd(fd.as_fd())?;
+        let loc = if lookup::is_dir(&st) {
+            Loc::Fd(Arc::new(fd))
+        } else {
+            Loc::At(Arc::clone(pdir), name.to_os_string())
+        };
+        Ok(Real {
+            loc,
+            layer: LayerRef::Upper,
+            dev: ust.st_dev,
+            ino: ust.st_ino,
+        })
     });
     if result.is_err() {
         remove_tmp(work, &tmp);
-    }
-    if let Err(e) = &result {
-        log::error!("copy-up of {name:?} failed: {e}");
+        if let Err(e) = &result {
+            log::error!("copy-up of {name:?} failed: {e}");
+        }
     }
     result
 }
@@ -112,7 +120,7 @@ pub fn remove_tmp(work: BorrowedFd<'_>, tmp: &OsStr) {
     }
 }
 
-fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
     Ok(nix::fcntl::openat(
         dir,
         name,
@@ -142,13 +150,13 @@ fn build(
                 Mode::from_bits_truncate(0o600),
             )?);
             if data == Data::Copy && st.st_size > 0 {
-                let s = reopen(src.fd(), OFlag::O_RDONLY)?;
+                let s = src.open(OFlag::O_RDONLY)?;
                 copy_data(&s, &dst, st.st_size as u64)?;
             }
             written = Some(dst);
         }
         libc::S_IFLNK => {
-            let target = nix::fcntl::readlinkat(src.fd(), "")?;
+            let target = src.readlink()?;
             nix::unistd::symlinkat(target.as_os_str(), work, tmp)?;
         }
         _ => nix::sys::stat::mknodat(
@@ -160,11 +168,12 @@ fn build(
         )?,
     }
     let fd = open_path(work, tmp)?;
-    copy_xattrs(fs, src.fd(), fd.as_fd())?;
+    let dst = XPath::at(work, tmp);
+    copy_xattrs(fs, &src.xpath(), &dst)?;
     if let LayerRef::Lower(i) = src.layer {
         let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
-        if let Some(origin) = crate::origin::encode(src.fd(), &uuid) {
-            crate::sys::fsops::setxattr(fd.as_fd(), fs.layers.ns.origin(), &origin, 0)?;
+        if let Some(origin) = src.handle().and_then(|h| crate::origin::encode(h, &uuid)) {
+            crate::sys::fsops::setxattr(&dst, fs.layers.ns.origin(), &origin, 0)?;
         }
     }
     set_owner_mode_times(fd.as_fd(), work, tmp, st)?;
@@ -212,7 +221,7 @@ pub fn set_owner_mode_times(
 }
 
 /// Copies the user-visible xattrs; the overlay's own are not the copy's.
-pub fn copy_xattrs(fs: &UnionFs, src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+pub fn copy_xattrs(fs: &UnionFs, src: &XPath, dst: &XPath) -> Result<()> {
     let prefix = fs.layers.ns.prefix().as_bytes();
     for name in crate::sys::fsops::listxattr_names(src)? {
         if name.starts_with(prefix) {

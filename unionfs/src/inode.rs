@@ -7,13 +7,22 @@
 //! other name was copied up, an inode number reused while the kernel still holds the old
 //! node) get a synthetic number from the top of the range instead.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, FchmodatFlags, FileStat, Mode, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
 use parking_lot::{Mutex, RwLock};
+
+use crate::errno::{Errno, Result};
+use crate::sys::fsops::XPath;
 
 pub const ROOT: u64 = 1;
 const FSID_SHIFT: u32 = 56;
@@ -26,18 +35,172 @@ pub enum LayerRef {
     Lower(usize),
 }
 
-/// One real object in one layer, held open with `O_PATH`.
+/// Where a real object is reached: a directory (and an upper object with several names)
+/// is held open with `O_PATH`; any other object is named inside its parent's descriptor, so
+/// that cached files cost no descriptor (the kernel may hold tens of thousands of them).
+#[derive(Clone, Debug)]
+pub enum Loc {
+    Fd(Arc<OwnedFd>),
+    At(Arc<OwnedFd>, OsString),
+}
+
+/// One real object in one layer.
 #[derive(Clone, Debug)]
 pub struct Real {
-    pub fd: Arc<OwnedFd>,
+    pub loc: Loc,
     pub layer: LayerRef,
     pub dev: u64,
     pub ino: u64,
 }
 
 impl Real {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The descriptor of a directory (or of an object held by descriptor).
+    pub fn dir(&self) -> Result<BorrowedFd<'_>> {
+        match &self.loc {
+            Loc::Fd(fd) => Ok(fd.as_fd()),
+            Loc::At(..) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// The shared descriptor of a directory, for naming its children.
+    pub fn dir_arc(&self) -> Result<&Arc<OwnedFd>> {
+        match &self.loc {
+            Loc::Fd(fd) => Ok(fd),
+            Loc::At(..) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// The path through which path-based calls (xattrs) reach the object itself.
+    pub fn xpath(&self) -> XPath {
+        match &self.loc {
+            Loc::Fd(fd) => XPath::fd(fd.as_fd()),
+            Loc::At(dir, name) => XPath::at(dir.as_fd(), name),
+        }
+    }
+
+    pub fn stat(&self) -> Result<FileStat> {
+        Ok(match &self.loc {
+            Loc::Fd(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
+            Loc::At(dir, name) => {
+                fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?
+            }
+        })
+    }
+
+    /// Opens the object for I/O.
+    pub fn open(&self, flags: OFlag) -> Result<File> {
+        let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        let fd = match &self.loc {
+            Loc::Fd(fd) => {
+                let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
+                nix::fcntl::open(path.as_c_str(), flags - OFlag::O_NOFOLLOW, Mode::empty())?
+            }
+            Loc::At(dir, name) => {
+                nix::fcntl::openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty())?
+            }
+        };
+        Ok(File::from(fd))
+    }
+
+    pub fn readlink(&self) -> Result<OsString> {
+        Ok(match &self.loc {
+            Loc::Fd(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
+            Loc::At(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), name.as_os_str())?,
+        })
+    }
+
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+        match &self.loc {
+            Loc::Fd(fd) => nix::unistd::fchownat(fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?,
+            Loc::At(dir, name) => nix::unistd::fchownat(
+                dir.as_fd(),
+                name.as_os_str(),
+                uid,
+                gid,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// chmod; never called on symlinks (which have no mode of their own).
+    pub fn chmod(&self, mode: u32) -> Result<()> {
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        match &self.loc {
+            Loc::Fd(fd) => {
+                let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
+                nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    path.as_c_str(),
+                    mode,
+                    FchmodatFlags::FollowSymlink,
+                )?
+            }
+            Loc::At(dir, name) => nix::sys::stat::fchmodat(
+                dir.as_fd(),
+                name.as_os_str(),
+                mode,
+                FchmodatFlags::FollowSymlink,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// utimensat without following a symlink.
+    pub fn utimens(&self, atime: &TimeSpec, mtime: &TimeSpec) -> Result<()> {
+        match &self.loc {
+            Loc::Fd(fd) => {
+                let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
+                nix::sys::stat::utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    path.as_c_str(),
+                    atime,
+                    mtime,
+                    UtimensatFlags::FollowSymlink,
+                )?
+            }
+            Loc::At(dir, name) => nix::sys::stat::utimensat(
+                dir.as_fd(),
+                name.as_os_str(),
+                atime,
+                mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// A new hard link `dir/name` to this object.
+    pub fn link_to(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match &self.loc {
+            Loc::Fd(fd) => {
+                let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
+                nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    path.as_c_str(),
+                    dir,
+                    name,
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )?
+            }
+            Loc::At(d, n) => {
+                nix::unistd::linkat(d.as_fd(), n.as_os_str(), dir, name, AtFlags::empty())?
+            }
+        }
+        Ok(())
+    }
+
+    /// The file handle `name_to_handle_at` gives for the object.
+    pub fn handle(&self) -> Option<(i32, Vec<u8>)> {
+        let r = match &self.loc {
+            Loc::Fd(fd) => crate::sys::fsops::name_to_handle(fd.as_fd(), &CString::default()),
+            Loc::At(dir, name) => {
+                let n = CString::new(name.as_bytes()).ok()?;
+                crate::sys::fsops::name_to_handle(dir.as_fd(), &n)
+            }
+        };
+        r.ok()
     }
 }
 
@@ -226,7 +389,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("open /: {e}"));
         Real {
-            fd: Arc::new(fd),
+            loc: Loc::Fd(Arc::new(fd)),
             layer,
             dev: 1,
             ino,

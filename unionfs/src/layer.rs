@@ -153,7 +153,8 @@ impl Layers {
 /// On the first mount of a new overlay the kernel gives the upper root a random UUID
 /// (`*.overlay.uuid`, the `uuid=auto` default); we do the same so both write the same upper.
 fn init_uuid(upper: &Layer, ns: XattrNs) -> Result<()> {
-    if crate::sys::fsops::getxattr_vec(upper.fd(), ns.uuid())?.is_some() {
+    let x = crate::sys::fsops::XPath::fd(upper.fd());
+    if crate::sys::fsops::getxattr_vec(&x, ns.uuid())?.is_some() {
         return Ok(());
     }
     let mut uuid = [0u8; 16];
@@ -161,7 +162,7 @@ fn init_uuid(upper: &Layer, ns: XattrNs) -> Result<()> {
     // RFC 4122 version 4, as the kernel's uuid_gen() makes it.
     uuid[6] = (uuid[6] & 0x0f) | 0x40;
     uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    crate::sys::fsops::setxattr(upper.fd(), ns.uuid(), &uuid, 0)?;
+    crate::sys::fsops::setxattr(&x, ns.uuid(), &uuid, 0)?;
     Ok(())
 }
 

@@ -11,35 +11,31 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 
 use crate::errno::{Errno, Result};
-use crate::inode::{LayerRef, Real, State};
-use crate::layer::{fstat_fd, Layers};
+use crate::inode::{LayerRef, Loc, Real, State};
+use crate::layer::Layers;
 use crate::whiteout;
 
 /// What one layer directory holds under a name.
 pub enum Probe {
     Missing,
     Whiteout,
-    Found(OwnedFd, FileStat),
+    Found(Loc, FileStat),
 }
 
 /// Looks `name` up in one layer directory. `image_layer` turns on the AUFS markers, which
-/// only lower layers can carry.
-pub fn probe(dir: BorrowedFd<'_>, name: &OsStr, image_layer: bool) -> Result<Probe> {
+/// only lower layers can carry. A directory found is held open; anything else is named in
+/// its parent, which costs no descriptor.
+pub fn probe(dir: &Arc<OwnedFd>, name: &OsStr, image_layer: bool) -> Result<Probe> {
     if image_layer && whiteout::is_aufs_name(name) {
         return Ok(Probe::Missing);
     }
-    let fd = match nix::fcntl::openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
+    let st = match nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
         Err(NixErrno::ENOENT) => {
             if image_layer {
                 if let Some(marker) = whiteout::aufs_marker(name) {
                     if nix::sys::stat::fstatat(
-                        dir,
+                        dir.as_fd(),
                         marker.as_os_str(),
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
@@ -53,11 +49,22 @@ pub fn probe(dir: BorrowedFd<'_>, name: &OsStr, image_layer: bool) -> Result<Pro
         }
         Err(e) => return Err(e.into()),
     };
-    let st = fstat_fd(fd.as_fd())?;
     if whiteout::is_whiteout(&st) {
         return Ok(Probe::Whiteout);
     }
-    Ok(Probe::Found(fd, st))
+    if is_dir(&st) {
+        let fd = nix::fcntl::openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        return Ok(Probe::Found(Loc::Fd(Arc::new(fd)), st));
+    }
+    Ok(Probe::Found(
+        Loc::At(Arc::clone(dir), name.to_os_string()),
+        st,
+    ))
 }
 
 /// A name as the union shows it.
@@ -89,9 +96,9 @@ pub fn is_dir(st: &FileStat) -> bool {
     (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
 }
 
-fn real(fd: OwnedFd, st: &FileStat, layer: LayerRef) -> Real {
+fn real(loc: Loc, st: &FileStat, layer: LayerRef) -> Real {
     Real {
-        fd: Arc::new(fd),
+        loc,
         layer,
         dev: st.st_dev,
         ino: st.st_ino,
@@ -117,16 +124,13 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
     let mut upper: Option<(Real, FileStat)> = None;
     let mut opaque = false;
     if let Some(pu) = &parent.upper {
-        match probe(pu.fd(), name, false)? {
+        match probe(pu.dir_arc()?, name, false)? {
             Probe::Whiteout => return Ok(None),
             Probe::Missing => {}
-            Probe::Found(fd, st) => {
-                if is_dir(&st) {
-                    opaque = whiteout::has_opaque_xattr(fd.as_fd(), layers.ns);
-                } else {
-                    opaque = true;
-                }
-                upper = Some((real(fd, &st, LayerRef::Upper), st));
+            Probe::Found(loc, st) => {
+                let r = real(loc, &st, LayerRef::Upper);
+                opaque = !is_dir(&st) || whiteout::has_opaque_xattr(r.dir()?, layers.ns);
+                upper = Some((r, st));
             }
         }
     }
@@ -136,20 +140,20 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
             let LayerRef::Lower(idx) = pl.layer else {
                 continue;
             };
-            match probe(pl.fd(), name, true)? {
+            match probe(pl.dir_arc()?, name, true)? {
                 Probe::Missing => continue,
                 Probe::Whiteout => break,
-                Probe::Found(fd, st) => {
-                    let dir = is_dir(&st);
-                    if !dir {
+                Probe::Found(loc, st) => {
+                    let r = real(loc, &st, LayerRef::Lower(idx));
+                    if !is_dir(&st) {
                         // A non-directory shows only when nothing is above it.
                         if upper.is_none() && lowers.is_empty() {
-                            lowers.push((real(fd, &st, LayerRef::Lower(idx)), st));
+                            lowers.push((r, st));
                         }
                         break;
                     }
-                    let stop = lower_dir_opaque(layers, fd.as_fd());
-                    lowers.push((real(fd, &st, LayerRef::Lower(idx)), st));
+                    let stop = lower_dir_opaque(layers, r.dir()?);
+                    lowers.push((r, st));
                     if stop {
                         break;
                     }
@@ -167,7 +171,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
             // Only a copy-up or a rename records an origin, and both mark the parent
             // impure: a pure parent spares us the xattr read.
             let origin = if parent.impure || kind == libc::S_IFDIR {
-                crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.origin())
+                crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.origin())
                     .ok()
                     .flatten()
                     .and_then(|v| crate::origin::decode_ino(&v))
@@ -175,7 +179,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
                 None
             };
             if kind == libc::S_IFDIR {
-                impure = crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.impure())
+                impure = crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.impure())
                     .ok()
                     .flatten()
                     .is_some();

@@ -2,19 +2,16 @@
 //! `*.overlay.origin` xattr), so that `st_ino` survives copy-up and remounts, and so that
 //! the kernel's overlay reading our upper finds the same origin it would have written.
 
-use std::ffi::CString;
-use std::os::fd::BorrowedFd;
-
 const OVL_FH_VERSION: u8 = 0;
 const OVL_FH_MAGIC: u8 = 0xfb;
 /// version, magic, len, flags, type
 const HEADER: usize = 5;
 const UUID_LEN: usize = 16;
 
-/// Encodes the handle of the object behind `fd` (an `O_PATH` descriptor in a lower layer)
-/// as the kernel does.
-pub fn encode(fd: BorrowedFd<'_>, uuid: &[u8; 16]) -> Option<Vec<u8>> {
-    let (kind, fid) = crate::sys::fsops::name_to_handle(fd, &CString::default()).ok()?;
+/// Encodes a lower object's file handle (`name_to_handle_at`'s type and bytes) as the
+/// kernel does.
+pub fn encode(handle: (i32, Vec<u8>), uuid: &[u8; 16]) -> Option<Vec<u8>> {
+    let (kind, fid) = handle;
     let len = HEADER + UUID_LEN + fid.len();
     let mut v = Vec::with_capacity(len);
     v.push(OVL_FH_VERSION);

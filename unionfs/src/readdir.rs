@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
@@ -98,13 +98,13 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
     if let Some(u) = &st.upper {
-        for e in list_raw(u.fd())? {
-            if is_upper_whiteout(u.fd(), &e) {
+        for e in list_raw(u.dir()?)? {
+            if is_upper_whiteout(u.dir()?, &e) {
                 seen.insert(e.name);
                 continue;
             }
             let ino = if st.impure {
-                upper_entry_ino(layers, u.fd(), &e.name).unwrap_or(e.ino)
+                upper_entry_ino(layers, u.dir()?, &e.name).unwrap_or(e.ino)
             } else {
                 e.ino
             };
@@ -118,7 +118,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
     }
     for l in &st.lowers {
         let fsid = layer_fsid(layers, l.layer);
-        let entries = list_raw(l.fd())?;
+        let entries = list_raw(l.dir()?)?;
         let mut opaque = false;
         // Markers first: they hide names in this layer's siblings below, never above.
         let mut hidden: Vec<OsString> = Vec::new();
@@ -133,7 +133,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
             if whiteout::is_aufs_name(&e.name) || seen.contains(&e.name) {
                 continue;
             }
-            if e.dtype == Some(Type::CharacterDevice) && is_upper_whiteout(l.fd(), &e) {
+            if e.dtype == Some(Type::CharacterDevice) && is_upper_whiteout(l.dir()?, &e) {
                 seen.insert(e.name);
                 continue;
             }
@@ -154,14 +154,8 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
 
 /// The inode number an upper entry shows: its origin's when it has one.
 fn upper_entry_ino(layers: &Layers, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
-    let fd = nix::fcntl::openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let v = crate::sys::fsops::getxattr_vec(fd.as_fd(), layers.ns.origin()).ok()??;
+    let x = crate::sys::fsops::XPath::at(dir, name);
+    let v = crate::sys::fsops::getxattr_vec(&x, layers.ns.origin()).ok()??;
     let ino = crate::origin::decode_ino(&v)?;
     let fsid = layers.lowers.first().map_or(0, |l| l.fsid);
     Some(natural_ino(ino, fsid))

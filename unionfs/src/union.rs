@@ -12,7 +12,7 @@ use nix::sys::stat::{FileStat, Mode};
 
 use crate::errno::{Errno, Result};
 use crate::handle::Handles;
-use crate::inode::{Inode, InodeTable, LayerRef, Real, State, ROOT};
+use crate::inode::{Inode, InodeTable, LayerRef, Loc, Real, State, ROOT};
 use crate::layer::{fstat_fd, Layers};
 
 /// The caller of a request, for ownership of what it creates.
@@ -104,9 +104,10 @@ impl UnionFs {
             }
             None => None,
         };
-        let opaque = upper
-            .as_ref()
-            .is_some_and(|u| crate::whiteout::has_opaque_xattr(u.fd(), layers.ns));
+        let opaque = upper.as_ref().is_some_and(|u| {
+            u.dir()
+                .is_ok_and(|d| crate::whiteout::has_opaque_xattr(d, layers.ns))
+        });
         let mut lowers = Vec::new();
         if !opaque {
             for (i, l) in layers.lowers.iter().enumerate() {
@@ -124,7 +125,7 @@ impl UnionFs {
             }
         }
         let impure = upper.as_ref().is_some_and(|u| {
-            crate::sys::fsops::getxattr_vec(u.fd(), layers.ns.impure())
+            crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.impure())
                 .ok()
                 .flatten()
                 .is_some()
@@ -188,7 +189,7 @@ impl UnionFs {
     pub fn attr_of(&self, inode: &Inode) -> Result<Attr> {
         let st = inode.state.read();
         let real = st.real().ok_or(Errno::ESTALE)?;
-        let fst = fstat_fd(real.fd())?;
+        let fst = real.stat()?;
         let ino = if inode.ino == ROOT {
             self.root_ino
         } else {
@@ -232,7 +233,7 @@ impl UnionFs {
 pub fn real_of(fd: OwnedFd, layer: LayerRef) -> Result<Real> {
     let st = fstat_fd(fd.as_fd())?;
     Ok(Real {
-        fd: Arc::new(fd),
+        loc: Loc::Fd(Arc::new(fd)),
         layer,
         dev: st.st_dev,
         ino: st.st_ino,

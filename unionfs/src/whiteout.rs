@@ -22,7 +22,7 @@ pub fn is_whiteout(st: &FileStat) -> bool {
 pub fn has_opaque_xattr(dir: BorrowedFd<'_>, ns: XattrNs) -> bool {
     let mut buf = [0u8; 2];
     matches!(
-        crate::sys::fsops::getxattr(dir, ns.opaque(), &mut buf),
+        crate::sys::fsops::getxattr(&crate::sys::fsops::XPath::fd(dir), ns.opaque(), &mut buf),
         Ok(1) if buf[0] == b'y'
     )
 }

@@ -1,11 +1,9 @@
 //! getattr and setattr (chmod, chown, truncate, utimes), which copy up first.
 
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags};
+use nix::fcntl::OFlag;
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
 
-use crate::copyup::{ensure_upper, reopen, Data};
+use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::union::{Attr, UnionFs};
 
@@ -36,8 +34,14 @@ fn spec(t: Option<SetTime>) -> TimeSpec {
 }
 
 impl UnionFs {
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+    /// Attributes of a node; through an open handle when there is one, which also works
+    /// once the file has lost its last name.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let inode = self.inode(ino)?;
+        if let Some(h) = fh.and_then(|fh| self.handles.file(fh)) {
+            let st = nix::sys::stat::fstat(&h.file)?;
+            return Ok(Attr::from_stat(inode.ino, &st, false));
+        }
         self.attr_of(&inode)
     }
 
@@ -45,7 +49,7 @@ impl UnionFs {
         use std::os::unix::ffi::OsStringExt;
         let inode = self.inode(ino)?;
         let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
-        Ok(nix::fcntl::readlinkat(real.fd(), "")?.into_vec())
+        Ok(real.readlink()?.into_vec())
     }
 
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
@@ -57,63 +61,24 @@ impl UnionFs {
             Data::Copy
         };
         let upper = ensure_upper(self, &inode, data)?;
-        let fd = upper.fd();
         if let Some(size) = a.size {
             let handle = a.fh.and_then(|fh| self.handles.file(fh));
             match handle {
                 Some(h) => h.file.set_len(size)?,
-                None => reopen(fd, OFlag::O_WRONLY)?.set_len(size)?,
+                None => upper.open(OFlag::O_WRONLY)?.set_len(size)?,
             }
         }
         if a.uid.is_some() || a.gid.is_some() {
-            nix::unistd::fchownat(
-                fd,
-                "",
-                a.uid.map(Uid::from_raw),
-                a.gid.map(Gid::from_raw),
-                AtFlags::AT_EMPTY_PATH,
-            )?;
+            upper.chown(a.uid, a.gid)?;
         }
         if let Some(mode) = a.mode {
             if inode.kind == libc::S_IFLNK {
                 return Err(Errno::ENOTSUP);
             }
-            let path = crate::sys::fsops::proc_fd_path(fd);
-            nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                path.as_c_str(),
-                Mode::from_bits_truncate(mode & 0o7777),
-                FchmodatFlags::FollowSymlink,
-            )?;
+            upper.chmod(mode)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
-            let (at, mt) = (spec(a.atime), spec(a.mtime));
-            if inode.kind == libc::S_IFLNK {
-                // A symlink is reached through its parent: a path through the magic link
-                // would not stop at the link.
-                let (parent, name) = {
-                    let st = inode.state.read();
-                    (st.parent, st.name.clone())
-                };
-                let p = self.inode(parent)?;
-                let pu = p.state.read().upper.clone().ok_or(Errno::EIO)?;
-                nix::sys::stat::utimensat(
-                    pu.fd(),
-                    name.as_os_str(),
-                    &at,
-                    &mt,
-                    UtimensatFlags::NoFollowSymlink,
-                )?;
-            } else {
-                let path = crate::sys::fsops::proc_fd_path(fd);
-                nix::sys::stat::utimensat(
-                    nix::fcntl::AT_FDCWD,
-                    path.as_c_str(),
-                    &at,
-                    &mt,
-                    UtimensatFlags::FollowSymlink,
-                )?;
-            }
+            upper.utimens(&spec(a.atime), &spec(a.mtime))?;
         }
         self.attr_of(&inode)
     }

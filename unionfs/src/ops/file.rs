@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use nix::fcntl::{FallocateFlags, OFlag};
 
-use crate::copyup::{ensure_upper, reopen, Data};
+use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::handle::FileHandle;
 use crate::union::UnionFs;
@@ -39,7 +39,7 @@ impl UnionFs {
         } else {
             inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
         };
-        reopen(real.fd(), real_flags(flags))
+        real.open(real_flags(flags))
     }
 
     pub fn add_handle(&self, ino: u64, file: File, backing: Option<fuser::BackingId>) -> u64 {

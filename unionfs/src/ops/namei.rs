@@ -7,14 +7,13 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use nix::errno::Errno as NixErrno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag};
-use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
 
-use crate::copyup::{ensure_upper, mark_impure, Data};
+use crate::copyup::{ensure_upper, mark_impure, open_path, Data};
 use crate::errno::{Errno, Result};
-use crate::inode::{Inode, LayerRef, Real, State};
+use crate::inode::{Inode, LayerRef, Loc, Real, State};
 use crate::layer::{clean_dir, fstat_fd};
 use crate::ops::{lower_positive, Held};
 use crate::union::{real_of, Attr, Ctx, UnionFs};
@@ -40,13 +39,18 @@ impl NewObj<'_> {
     }
 }
 
-fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
-    Ok(nix::fcntl::openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?)
+/// The `Real` of an object just made as `dir/name` in the upper layer.
+fn new_real(dir: &Arc<OwnedFd>, name: &OsStr, is_dir: bool) -> Result<Real> {
+    if is_dir {
+        return real_of(open_path(dir.as_fd(), name)?, LayerRef::Upper);
+    }
+    let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(Real {
+        loc: Loc::At(Arc::clone(dir), name.to_os_string()),
+        layer: LayerRef::Upper,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
 }
 
 /// Makes the object itself as `dir/name`; fails with EEXIST when anything is there.
@@ -82,33 +86,17 @@ fn make(dir: BorrowedFd<'_>, name: &OsStr, obj: &NewObj<'_>) -> Result<Option<Fi
 /// Gives a new object to the caller: its uid, and its gid unless the directory is setgid
 /// (the filesystem already gave it the directory's group). Chown clears set-id bits, so
 /// those are put back after.
-fn own(fd: BorrowedFd<'_>, ctx: &Ctx, parent_setgid: bool, obj: &NewObj<'_>) -> Result<()> {
-    let gid = if parent_setgid {
-        None
-    } else {
-        Some(Gid::from_raw(ctx.gid))
-    };
-    match nix::unistd::fchownat(
-        fd,
-        "",
-        Some(Uid::from_raw(ctx.uid)),
-        gid,
-        AtFlags::AT_EMPTY_PATH,
-    ) {
+fn own(real: &Real, ctx: &Ctx, parent_setgid: bool, obj: &NewObj<'_>) -> Result<()> {
+    let gid = if parent_setgid { None } else { Some(ctx.gid) };
+    match real.chown(Some(ctx.uid), gid) {
         Ok(()) => {}
-        Err(NixErrno::EPERM) if !nix::unistd::geteuid().is_root() => {}
-        Err(e) => return Err(e.into()),
+        Err(Errno(libc::EPERM)) if !nix::unistd::geteuid().is_root() => {}
+        Err(e) => return Err(e),
     }
     let special = obj.mode() & 0o7000;
     if special != 0 && !matches!(obj, NewObj::Symlink { .. }) {
-        let cur = fstat_fd(fd)?.st_mode;
-        let path = crate::sys::fsops::proc_fd_path(fd);
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            path.as_c_str(),
-            Mode::from_bits_truncate((cur & 0o7777) | special),
-            FchmodatFlags::FollowSymlink,
-        )?;
+        let cur = real.stat()?.st_mode;
+        real.chmod((cur & 0o7777) | special)?;
     }
     Ok(())
 }
@@ -165,21 +153,21 @@ impl UnionFs {
         }
         let p = self.parent_dir(parent)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
-        let pmode = fstat_fd(pu.fd())?.st_mode;
+        let pmode = fstat_fd(pu.dir()?)?.st_mode;
         let setgid = pmode & libc::S_ISGID != 0;
-        let (fd, file) = match make(pu.fd(), name, &obj) {
+        let pdir = pu.dir_arc()?;
+        let (real, file) = match make(pdir.as_fd(), name, &obj) {
             Ok(file) => {
-                let fd = open_path(pu.fd(), name)?;
-                own(fd.as_fd(), ctx, setgid, &obj)?;
-                (fd, file)
+                let real = new_real(pdir, name, obj.is_dir())?;
+                own(&real, ctx, setgid, &obj)?;
+                (real, file)
             }
-            Err(Errno(libc::EEXIST)) if is_upper_whiteout(pu.fd(), name) => {
+            Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir.as_fd(), name) => {
                 self.create_over_whiteout(ctx, &pu, name, &obj, setgid)?
             }
             Err(e) => return Err(e),
         };
-        let real = real_of(fd, LayerRef::Upper)?;
-        let st = fstat_fd(real.fd())?;
+        let st = real.stat()?;
         let kind = st.st_mode & libc::S_IFMT;
         let state = State {
             parent,
@@ -204,47 +192,36 @@ impl UnionFs {
         name: &OsStr,
         obj: &NewObj<'_>,
         setgid: bool,
-    ) -> Result<(OwnedFd, Option<File>)> {
+    ) -> Result<(Real, Option<File>)> {
         let work = self.work_fd()?;
+        let pdir = pu.dir_arc()?;
         let tmp = self.tmp_name();
-        let built = (|| -> Result<(OwnedFd, Option<File>)> {
+        let built = (|| -> Result<(Real, Option<File>)> {
             let file = make(work, &tmp, obj)?;
-            let fd = open_path(work, &tmp)?;
-            own(fd.as_fd(), ctx, false, obj)?;
+            let t = real_of(open_path(work, &tmp)?, LayerRef::Upper)?;
+            own(&t, ctx, false, obj)?;
             if setgid {
                 // Built outside the setgid directory: give it what the directory would have.
-                let pst = fstat_fd(pu.fd())?;
-                nix::unistd::fchownat(
-                    fd.as_fd(),
-                    "",
-                    None,
-                    Some(Gid::from_raw(pst.st_gid)),
-                    AtFlags::AT_EMPTY_PATH,
-                )?;
+                let pst = fstat_fd(pdir.as_fd())?;
+                t.chown(None, Some(pst.st_gid))?;
                 if obj.is_dir() {
-                    let cur = fstat_fd(fd.as_fd())?.st_mode;
-                    let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
-                    nix::sys::stat::fchmodat(
-                        nix::fcntl::AT_FDCWD,
-                        path.as_c_str(),
-                        Mode::from_bits_truncate((cur & 0o7777) | libc::S_ISGID),
-                        FchmodatFlags::FollowSymlink,
-                    )?;
+                    let cur = t.stat()?.st_mode;
+                    t.chmod((cur & 0o7777) | libc::S_ISGID)?;
                 }
             }
-            if obj.is_dir() {
-                crate::sys::fsops::setxattr(fd.as_fd(), self.layers.ns.opaque(), b"y", 0)?;
-                nix::fcntl::renameat2(
-                    work,
-                    tmp.as_os_str(),
-                    pu.fd(),
-                    name,
-                    RenameFlags::RENAME_EXCHANGE,
-                )?;
+            let flags = if obj.is_dir() {
+                crate::sys::fsops::setxattr(&t.xpath(), self.layers.ns.opaque(), b"y", 0)?;
+                RenameFlags::RENAME_EXCHANGE
             } else {
-                nix::fcntl::renameat2(work, tmp.as_os_str(), pu.fd(), name, RenameFlags::empty())?;
-            }
-            Ok((fd, file))
+                RenameFlags::empty()
+            };
+            nix::fcntl::renameat2(work, tmp.as_os_str(), pdir.as_fd(), name, flags)?;
+            let real = if obj.is_dir() {
+                t
+            } else {
+                new_real(pdir, name, false)?
+            };
+            Ok((real, file))
         })();
         // After an exchange the whiteout is what sits at the temp name.
         crate::copyup::remove_tmp(work, &tmp);
@@ -261,36 +238,35 @@ impl UnionFs {
         let su = ensure_upper(self, &src, Data::Copy)?;
         let p = self.parent_dir(newparent)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
-        let path = crate::sys::fsops::proc_fd_path(su.fd());
-        let linked = |dir: BorrowedFd<'_>, name: &OsStr| {
-            nix::unistd::linkat(
-                nix::fcntl::AT_FDCWD,
-                path.as_c_str(),
-                dir,
-                name,
-                AtFlags::AT_SYMLINK_FOLLOW,
-            )
-        };
-        match linked(pu.fd(), newname) {
+        let pdir = pu.dir()?;
+        match su.link_to(pdir, newname) {
             Ok(()) => {}
-            Err(NixErrno::EEXIST) if is_upper_whiteout(pu.fd(), newname) => {
+            Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir, newname) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
-                let r = linked(work, &tmp).and_then(|()| {
-                    nix::fcntl::renameat2(
+                let r = su.link_to(work, &tmp).and_then(|()| {
+                    Ok(nix::fcntl::renameat2(
                         work,
                         tmp.as_os_str(),
-                        pu.fd(),
+                        pdir,
                         newname,
                         RenameFlags::empty(),
-                    )
+                    )?)
                 });
                 if r.is_err() {
                     crate::copyup::remove_tmp(work, &tmp);
                 }
                 r?;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
+        }
+        // With two names the node is held by descriptor: removing the name it was found
+        // under must not lose it.
+        if let Loc::At(..) = su.loc {
+            let fd = open_path(pdir, newname)?;
+            if let Some(u) = src.state.write().upper.as_mut() {
+                u.loc = Loc::Fd(Arc::new(fd));
+            }
         }
         // The new name must show the same inode number, which comes from the origin.
         if !src.state.read().lowers.is_empty() {
@@ -330,8 +306,8 @@ impl UnionFs {
         let needs_whiteout = has_lower || lower_positive(&self.layers, &p.state.read(), name)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         match (has_upper, needs_whiteout) {
-            (true, false) => remove_real(pu.fd(), name, dir)?,
-            (false, _) => whiteout_at(pu.fd(), name)?,
+            (true, false) => remove_real(pu.dir()?, name, dir)?,
+            (false, _) => whiteout_at(pu.dir()?, name)?,
             (true, true) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
@@ -339,7 +315,7 @@ impl UnionFs {
                 if let Err(e) = nix::fcntl::renameat2(
                     work,
                     tmp.as_os_str(),
-                    pu.fd(),
+                    pu.dir()?,
                     name,
                     RenameFlags::RENAME_EXCHANGE,
                 ) {
@@ -355,7 +331,7 @@ impl UnionFs {
             && st
                 .upper
                 .as_ref()
-                .is_some_and(|u| fstat_fd(u.fd()).is_ok_and(|s| s.st_nlink > 0));
+                .is_some_and(|u| u.stat().is_ok_and(|s| s.st_nlink > 0));
         if !still_linked {
             st.unlinked = true;
         }
@@ -440,14 +416,14 @@ impl UnionFs {
                 None => false,
             } || lower_positive(&self.layers, &np.state.read(), newname)?;
             if src.node.is_dir() && dst_lower {
-                crate::sys::fsops::setxattr(su.fd(), self.layers.ns.opaque(), b"y", 0)?;
+                crate::sys::fsops::setxattr(&su.xpath(), self.layers.ns.opaque(), b"y", 0)?;
             }
             // An upper directory being replaced may still hold whiteouts; the rename
             // needs it really empty.
             if let Some(d) = &dst {
                 if d.node.is_dir() {
                     if let Some(du) = d.node.state.read().upper.clone() {
-                        clean_dir(du.fd())?;
+                        clean_dir(du.dir()?)?;
                     }
                 }
             }
@@ -457,9 +433,9 @@ impl UnionFs {
         } else {
             RenameFlags::empty()
         };
-        nix::fcntl::renameat2(pu.fd(), name, npu.fd(), newname, rflags)?;
+        nix::fcntl::renameat2(pu.dir()?, name, npu.dir()?, newname, rflags)?;
         if src_whiteout {
-            whiteout_at(pu.fd(), name)?;
+            whiteout_at(pu.dir()?, name)?;
         }
         if src_had_lower || has_origin(self, &su) {
             mark_impure(self, &np, &npu)?;
@@ -478,10 +454,10 @@ impl UnionFs {
                 }
             }
         }
-        move_node(&src.node, newparent, newname);
+        move_node(&src.node, newparent, newname, npu.dir_arc()?);
         if let Some(d) = dst {
             if exchange {
-                move_node(&d.node, parent, name);
+                move_node(&d.node, parent, name, pu.dir_arc()?);
             } else {
                 d.node.state.write().unlinked = true;
             }
@@ -491,16 +467,21 @@ impl UnionFs {
 }
 
 fn has_origin(fs: &UnionFs, r: &Real) -> bool {
-    crate::sys::fsops::getxattr_vec(r.fd(), fs.layers.ns.origin())
+    crate::sys::fsops::getxattr_vec(&r.xpath(), fs.layers.ns.origin())
         .ok()
         .flatten()
         .is_some()
 }
 
-fn move_node(node: &Inode, parent: u64, name: &OsStr) {
+fn move_node(node: &Inode, parent: u64, name: &OsStr, parent_upper: &Arc<OwnedFd>) {
     let mut st = node.state.write();
     st.parent = parent;
     st.name = OsString::from(name);
+    if let Some(u) = st.upper.as_mut() {
+        if let Loc::At(..) = u.loc {
+            u.loc = Loc::At(Arc::clone(parent_upper), OsString::from(name));
+        }
+    }
     // A moved node is pure upper now (directories with lower parts never move).
     if node.is_dir() {
         st.lowers.clear();

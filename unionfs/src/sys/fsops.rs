@@ -17,6 +17,32 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// How path-based calls (xattrs) name an object: through the magic link of a descriptor
+/// (which leads to the object itself, also a symlink) or as a name inside a directory's
+/// magic link (not followed when it is a symlink).
+pub struct XPath {
+    path: CString,
+    follow: bool,
+}
+
+impl XPath {
+    pub fn fd(fd: BorrowedFd<'_>) -> XPath {
+        XPath {
+            path: proc_fd_path(fd),
+            follow: true,
+        }
+    }
+    pub fn at(dir: BorrowedFd<'_>, name: &OsStr) -> XPath {
+        let mut v = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        v.extend_from_slice(name.as_bytes());
+        XPath {
+            // A name from the kernel or a directory never holds a NUL byte.
+            path: CString::new(v).unwrap_or_default(),
+            follow: false,
+        }
+    }
+}
+
 fn ret_len(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -26,14 +52,18 @@ fn ret_len(r: libc::ssize_t) -> io::Result<usize> {
 }
 
 /// getxattr on the inode behind `fd`; `buf` empty asks for the size.
-pub fn getxattr(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
-    let path = proc_fd_path(fd);
+pub fn getxattr(x: &XPath, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
     let name = cstr(name.as_bytes())?;
+    let f = if x.follow {
+        libc::getxattr
+    } else {
+        libc::lgetxattr
+    };
     // SAFETY: both strings are NUL-terminated and live across the call; the buffer pointer
     // and length describe a valid writable slice (a zero length only asks for the size).
     let r = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
+        f(
+            x.path.as_ptr(),
             name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
@@ -43,7 +73,7 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<
 }
 
 /// The whole value of an xattr, or None when the inode does not have it.
-pub fn getxattr_vec(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+pub fn getxattr_vec(fd: &XPath, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
     loop {
         let size = match getxattr(fd, name, &mut []) {
             Ok(s) => s,
@@ -72,13 +102,17 @@ pub fn is_no_xattr(e: &io::Error) -> bool {
     )
 }
 
-pub fn setxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let path = proc_fd_path(fd);
+pub fn setxattr(x: &XPath, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
     let name = cstr(name.as_bytes())?;
+    let f = if x.follow {
+        libc::setxattr
+    } else {
+        libc::lsetxattr
+    };
     // SAFETY: NUL-terminated strings and a readable slice that outlive the call.
     let r = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
+        f(
+            x.path.as_ptr(),
             name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
@@ -92,11 +126,15 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> i
     }
 }
 
-pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let path = proc_fd_path(fd);
+pub fn removexattr(x: &XPath, name: &OsStr) -> io::Result<()> {
     let name = cstr(name.as_bytes())?;
+    let f = if x.follow {
+        libc::removexattr
+    } else {
+        libc::lremovexattr
+    };
     // SAFETY: NUL-terminated strings that outlive the call.
-    let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    let r = unsafe { f(x.path.as_ptr(), name.as_ptr()) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -105,15 +143,19 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 }
 
 /// listxattr; `buf` empty asks for the size.
-pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    let path = proc_fd_path(fd);
+pub fn listxattr(x: &XPath, buf: &mut [u8]) -> io::Result<usize> {
+    let f = if x.follow {
+        libc::listxattr
+    } else {
+        libc::llistxattr
+    };
     // SAFETY: NUL-terminated path; valid writable slice.
-    let r = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let r = unsafe { f(x.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     ret_len(r)
 }
 
 /// Every xattr name of the inode behind `fd`, NUL separators removed.
-pub fn listxattr_names(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+pub fn listxattr_names(fd: &XPath) -> io::Result<Vec<Vec<u8>>> {
     loop {
         let size = match listxattr(fd, &mut []) {
             Ok(s) => s,
