@@ -105,6 +105,9 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         Ok(l) => l,
         Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
     };
+    if opts.noacl || opts.squash_to_root {
+        log::warn!("noacl and squash_to_root are not implemented yet; ignored");
+    }
     if opts.passthrough == Some(true) {
         log::warn!("passthrough is not implemented yet; serving file data through the daemon");
     }

@@ -176,16 +176,18 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   workdir=DIR            Scratch directory for atomic copy-up; same filesystem as upperdir, not
                          inside it; required with upperdir. Locked while mounted.
   userxattr              Keep overlay metadata in user.overlay.* xattrs instead of trusted.*.
-  volatile               Skip all syncing to the upper layer (fast, unsafe on crash).
+  volatile               Do not fsync copied-up data before it is renamed into place, as
+                         the kernel's option (faster; a crash may lose recent copy-ups).
   fsync=0|1              fsync=0 is the same as volatile; fsync=1 is the default.
   redirect_dir=off|on|follow|nofollow
-                         Directory rename redirects: create and follow (on), follow only
-                         (follow, the default), or neither (nofollow). off: no new redirects.
+                         Accepted for compatibility. Renaming a directory that has lower
+                         content gives EXDEV (as the kernel with redirect_dir=off), so that
+                         mv copies it; writing redirects is not implemented yet.
   passthrough, nopassthrough
-                         Force FUSE passthrough of file I/O on or off (default: automatic).
+                         FUSE passthrough of file data: not implemented yet (a warning).
   threads=N              Number of request-serving threads (N >= 1).
-  noacl                  Do not expose POSIX ACLs.
-  squash_to_root         Show every file as owned by root.
+  noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
+                         warning).
   xino=on|off|auto, index=off, metacopy=off
                          Accepted for kernel overlayfs compatibility; no effect.
                          index=on, metacopy=on, uidmapping= and gidmapping= are refused.
