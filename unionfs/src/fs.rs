@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -16,6 +16,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::errno::Errno;
 use crate::ops::attr::{SetAttr, SetTime};
+use crate::ops::file::DataPath;
 use crate::ops::namei::NewObj;
 use crate::union::{Attr, Ctx, UnionFs};
 
@@ -25,15 +26,34 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct FuseAdapter {
     pub fs: UnionFs,
-    /// Whether the kernel agreed to passthrough at init.
-    passthrough: AtomicBool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: UnionFs) -> Self {
-        FuseAdapter {
-            fs,
-            passthrough: AtomicBool::new(false),
+        FuseAdapter { fs }
+    }
+
+    /// Keeps the open file and tells the kernel how to get its data.
+    fn open_reply(
+        &self,
+        ino: u64,
+        file: std::fs::File,
+        path: DataPath,
+    ) -> (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>) {
+        match path {
+            DataPath::Passthrough(id) => {
+                let fh = self.fs.add_handle(ino, file, Some(Arc::clone(&id)));
+                (FileHandle(fh), FopenFlags::empty(), Some(id))
+            }
+            DataPath::Direct(id) => {
+                let fh = self.fs.add_handle(ino, file, Some(Arc::clone(&id)));
+                (FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO, Some(id))
+            }
+            DataPath::Cached => {
+                let fh = self.fs.add_handle(ino, file, None);
+                // Every change goes through us, so cached pages stay valid across opens.
+                (FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE, None)
+            }
         }
     }
 }
@@ -165,11 +185,14 @@ impl Filesystem for FuseAdapter {
             // A capability the kernel lacks only costs speed.
             let _ = config.add_capabilities(cap);
         }
-        if self.fs.config.passthrough
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
+        if self.fs.passthrough_on()
+            && (config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_err()
+                || config.set_max_stack_depth(1).is_err())
         {
-            self.passthrough.store(true, Ordering::Relaxed);
+            log::warn!("the kernel does not offer FUSE passthrough; data goes through the daemon");
+            self.fs.disable_passthrough();
         }
         Ok(())
     }
@@ -320,24 +343,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let file = match self.fs.open_file(ino.0, flags.0) {
-            Ok(f) => f,
+        let opened = match self.fs.open_file(ino.0, flags.0) {
+            Ok(o) => o,
             Err(e) => return reply.error(e.into()),
         };
-        let backing = if self.passthrough.load(Ordering::Relaxed) {
-            reply.open_backing(&file).ok()
-        } else {
-            None
-        };
-        let has_backing = backing.is_some();
-        let fh = self.fs.add_handle(ino.0, file, backing);
-        let flags = FopenFlags::FOPEN_KEEP_CACHE;
-        match (has_backing, self.fs.handles.file(fh)) {
-            (true, Some(h)) => match &h.backing {
-                Some(b) => reply.opened_passthrough(FileHandle(fh), flags, b),
-                None => reply.opened(FileHandle(fh), flags),
-            },
-            _ => reply.opened(FileHandle(fh), flags),
+        let path = self
+            .fs
+            .data_path(ino.0, opened.real, || reply.open_backing(&opened.file));
+        match self.open_reply(ino.0, opened.file, path) {
+            (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
+            (fh, fl, None) => reply.opened(fh, fl),
         }
     }
 
@@ -588,26 +603,19 @@ impl Filesystem for FuseAdapter {
         let Some(file) = file else {
             return reply.error(Errno::EIO.into());
         };
-        let backing = if self.passthrough.load(Ordering::Relaxed) {
-            reply.open_backing(&file).ok()
-        } else {
-            None
+        let real = match node.state.read().upper.as_ref() {
+            Some(u) => (u.dev, u.ino),
+            None => return reply.error(Errno::EIO.into()),
         };
-        let fh = self.fs.add_handle(node.ino, file, backing);
-        let flags = FopenFlags::FOPEN_KEEP_CACHE;
-        match self.fs.handles.file(fh) {
-            Some(h) => match &h.backing {
-                Some(b) => reply.created_passthrough(
-                    &TTL,
-                    &fattr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    flags,
-                    b,
-                ),
-                None => reply.created(&TTL, &fattr(&a), Generation(0), FileHandle(fh), flags),
-            },
-            None => reply.error(Errno::EIO.into()),
+        let path = self
+            .fs
+            .data_path(node.ino, real, || reply.open_backing(&file));
+        let attr = fattr(&a);
+        match self.open_reply(node.ino, file, path) {
+            (fh, fl, Some(id)) => {
+                reply.created_passthrough(&TTL, &attr, Generation(0), fh, fl, &id)
+            }
+            (fh, fl, None) => reply.created(&TTL, &attr, Generation(0), fh, fl),
         }
     }
 

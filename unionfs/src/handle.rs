@@ -13,8 +13,9 @@ use crate::readdir::Entry;
 pub struct FileHandle {
     pub ino: u64,
     pub file: File,
-    /// The kernel's passthrough registration, closed when the handle is released.
-    pub backing: Option<fuser::BackingId>,
+    /// The kernel's passthrough registration, shared by the node's passthrough opens and
+    /// closed when the last of them is released.
+    pub backing: Option<Arc<fuser::BackingId>>,
 }
 
 #[derive(Debug)]

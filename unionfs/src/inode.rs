@@ -238,6 +238,15 @@ pub struct Inode {
     /// Held while this node is copied up, so that one copy-up runs at a time per node.
     pub copyup: Mutex<()>,
     pub state: RwLock<State>,
+    /// The kernel lets all passthrough opens of an inode share one backing file only:
+    /// the one registered for it while any such open lives, and which real object it is.
+    pub backing: Mutex<Option<Backing>>,
+}
+
+#[derive(Debug)]
+pub struct Backing {
+    pub real: (u64, u64),
+    pub id: std::sync::Weak<fuser::BackingId>,
 }
 
 impl Inode {
@@ -284,6 +293,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             copyup: Mutex::new(()),
             state: RwLock::new(state),
+            backing: Mutex::new(None),
         });
         self.map.insert(ROOT, Arc::clone(&inode));
         inode
@@ -332,6 +342,7 @@ impl InodeTable {
                         lookups: AtomicU64::new(1),
                         copyup: Mutex::new(()),
                         state: RwLock::new(state),
+                        backing: Mutex::new(None),
                     });
                     v.insert(Arc::clone(&inode));
                     return inode;

@@ -108,12 +108,10 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if opts.noacl || opts.squash_to_root {
         log::warn!("noacl and squash_to_root are not implemented yet; ignored");
     }
-    if opts.passthrough == Some(true) {
-        log::warn!("passthrough is not implemented yet; serving file data through the daemon");
-    }
+    // Passthrough needs privilege to register backing files; by default it is on as root.
     let config = Config {
         volatile: opts.volatile,
-        passthrough: false,
+        passthrough: opts.passthrough.unwrap_or(root),
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

@@ -184,7 +184,8 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          content gives EXDEV (as the kernel with redirect_dir=off), so that
                          mv copies it; writing redirects is not implemented yet.
   passthrough, nopassthrough
-                         FUSE passthrough of file data: not implemented yet (a warning).
+                         FUSE passthrough of file data (the kernel reads and writes the
+                         real file directly). Default: on as root, off otherwise.
   threads=N              Number of request-serving threads (N >= 1).
   noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).

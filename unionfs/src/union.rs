@@ -85,6 +85,9 @@ pub struct UnionFs {
     pub handles: Handles,
     pub config: Config,
     tmp_counter: AtomicU64,
+    /// Passthrough wanted and not (yet) refused by the kernel.
+    passthrough: std::sync::atomic::AtomicBool,
+    any_backing: std::sync::atomic::AtomicBool,
     /// The inode number the root shows (the kernel shows the upper root's).
     root_ino: u64,
 }
@@ -92,6 +95,7 @@ pub struct UnionFs {
 impl UnionFs {
     pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
         let inodes = InodeTable::new();
+        let passthrough = config.passthrough;
         let upper = match &layers.upper {
             Some(u) => {
                 let fd = nix::fcntl::openat(
@@ -145,8 +149,31 @@ impl UnionFs {
             handles: Handles::new(),
             config,
             tmp_counter: AtomicU64::new(1),
+            passthrough: std::sync::atomic::AtomicBool::new(passthrough),
+            any_backing: std::sync::atomic::AtomicBool::new(false),
             root_ino,
         })
+    }
+
+    pub fn passthrough_on(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// The kernel refused to register a backing file.
+    pub fn passthrough_refused(&self, e: &std::io::Error) {
+        // Without privilege the kernel refuses every registration. If none ever succeeded,
+        // nothing passes through, so cached I/O through the daemon cannot conflict.
+        if e.raw_os_error() == Some(libc::EPERM) && !self.any_backing.load(Ordering::Relaxed) {
+            self.disable_passthrough();
+        }
+    }
+
+    pub fn disable_passthrough(&self) {
+        self.passthrough.store(false, Ordering::Relaxed);
+    }
+
+    pub fn note_backing(&self) {
+        self.any_backing.store(true, Ordering::Relaxed);
     }
 
     pub fn inode(&self, ino: u64) -> Result<Arc<Inode>> {

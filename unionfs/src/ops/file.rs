@@ -24,9 +24,71 @@ pub fn wants_write(flags: i32) -> bool {
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// How the kernel gets an open file's data.
+pub enum DataPath {
+    /// Straight from the backing file (FUSE passthrough).
+    Passthrough(Arc<fuser::BackingId>),
+    /// Reads and writes through the daemon (to the right real file), bypassing the page
+    /// cache. Used while another open of the node passes through to a different real file
+    /// (the lower one, opened before a copy-up): the kernel requires every open of such an
+    /// inode to name that same backing file, and lets `FOPEN_DIRECT_IO` route the I/O to
+    /// us instead. Only a shared mmap of such an open still reaches the old backing file.
+    Direct(Arc<fuser::BackingId>),
+    /// Through the daemon and the page cache.
+    Cached,
+}
+
+/// An opened real file and the identity of the real object behind it.
+pub struct Opened {
+    pub file: File,
+    pub real: (u64, u64),
+}
+
 impl UnionFs {
+    /// Chooses the data path for a new open of `ino`; `register` makes a backing id for
+    /// the file when one is needed.
+    pub fn data_path(
+        &self,
+        ino: u64,
+        real: (u64, u64),
+        register: impl FnOnce() -> std::io::Result<fuser::BackingId>,
+    ) -> DataPath {
+        if !self.passthrough_on() {
+            return DataPath::Cached;
+        }
+        let Ok(inode) = self.inode(ino) else {
+            return DataPath::Cached;
+        };
+        let mut slot = inode.backing.lock();
+        if let Some(b) = slot.as_ref() {
+            if let Some(id) = b.id.upgrade() {
+                return if b.real == real {
+                    DataPath::Passthrough(id)
+                } else {
+                    DataPath::Direct(id)
+                };
+            }
+        }
+        match register() {
+            Ok(id) => {
+                self.note_backing();
+                let id = Arc::new(id);
+                *slot = Some(crate::inode::Backing {
+                    real,
+                    id: Arc::downgrade(&id),
+                });
+                DataPath::Passthrough(id)
+            }
+            Err(e) => {
+                log::debug!("passthrough refused for node {ino}: {e}");
+                self.passthrough_refused(&e);
+                DataPath::Cached
+            }
+        }
+    }
+
     /// Opens the real file for a node; copies it up first when opened for writing.
-    pub fn open_file(&self, ino: u64, flags: i32) -> Result<File> {
+    pub fn open_file(&self, ino: u64, flags: i32) -> Result<Opened> {
         let inode = self.inode(ino)?;
         let real = if wants_write(flags) {
             self.check_writable()?;
@@ -39,10 +101,13 @@ impl UnionFs {
         } else {
             inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
         };
-        real.open(real_flags(flags))
+        Ok(Opened {
+            file: real.open(real_flags(flags))?,
+            real: (real.dev, real.ino),
+        })
     }
 
-    pub fn add_handle(&self, ino: u64, file: File, backing: Option<fuser::BackingId>) -> u64 {
+    pub fn add_handle(&self, ino: u64, file: File, backing: Option<Arc<fuser::BackingId>>) -> u64 {
         self.handles.add_file(FileHandle { ino, file, backing })
     }
 
