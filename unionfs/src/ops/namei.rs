@@ -428,14 +428,28 @@ impl UnionFs {
                 }
             }
         }
-        let rflags = if exchange {
-            RenameFlags::RENAME_EXCHANGE
+        let (od, nd) = (pu.dir()?, npu.dir()?);
+        if exchange {
+            nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
+        } else if src.node.is_dir() && is_upper_whiteout(nd, newname) {
+            // A directory cannot replace a whiteout (a non-directory) by rename: swap
+            // them; the whiteout then sits at the old name, where it stays if needed.
+            nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
+            if !src_whiteout {
+                nix::unistd::unlinkat(od, name, UnlinkatFlags::NoRemoveDir)?;
+            }
+        } else if src_whiteout {
+            // One atomic step leaves the whiteout behind, as the kernel's overlay does.
+            match nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_WHITEOUT) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => {
+                    nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
+                    whiteout_at(od, name)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
-            RenameFlags::empty()
-        };
-        nix::fcntl::renameat2(pu.dir()?, name, npu.dir()?, newname, rflags)?;
-        if src_whiteout {
-            whiteout_at(pu.dir()?, name)?;
+            nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
         }
         if src_had_lower || has_origin(self, &su) {
             mark_impure(self, &np, &npu)?;
@@ -482,8 +496,8 @@ fn move_node(node: &Inode, parent: u64, name: &OsStr, parent_upper: &Arc<OwnedFd
             u.loc = Loc::At(Arc::clone(parent_upper), OsString::from(name));
         }
     }
-    // A moved node is pure upper now (directories with lower parts never move).
-    if node.is_dir() {
-        st.lowers.clear();
-    }
+    // A moved node is upper only: directories with lower parts never move, and the lower
+    // object of a file stays at the old name (its origin record keeps its inode number).
+    // Keeping it would make removing the new name leave a needless whiteout.
+    st.lowers.clear();
 }
