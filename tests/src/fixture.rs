@@ -71,7 +71,8 @@ impl Layout {
         let (u, w) = if with_upper {
             let u = mk("u");
             if let Some(t) = upper {
-                t.build(&u).unwrap_or_else(|e| panic!("building upper: {e}"));
+                t.build(&u)
+                    .unwrap_or_else(|e| panic!("building upper: {e}"));
             }
             (Some(u), Some(mk("w")))
         } else {
@@ -99,7 +100,11 @@ impl Layout {
     }
 
     fn options(&self) -> String {
-        let lowers: Vec<String> = self.lowers.iter().map(|p| p.display().to_string()).collect();
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         let mut o = format!("lowerdir={}", lowers.join(":"));
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
             o += &format!(",upperdir={},workdir={}", u.display(), w.display());
@@ -160,7 +165,9 @@ impl Layout {
                 };
                 let logtext = std::fs::read_to_string(&log).unwrap_or_default();
                 if !status.success() {
-                    return Err(format!("unionfs -o {opts} failed: {status}; output:\n{logtext}"));
+                    return Err(format!(
+                        "unionfs -o {opts} failed: {status}; output:\n{logtext}"
+                    ));
                 }
             }
         }

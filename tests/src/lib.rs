@@ -27,7 +27,7 @@ pub enum Target {
 
 /// The target under test on side B. Switch this one line to change the
 /// default; `DIFFTEST_TARGET=kernel|unionfs` overrides it at run time.
-pub const TARGET: Target = Target::Kernel;
+pub const TARGET: Target = Target::Unionfs;
 
 /// The effective side-B target (`TARGET`, or `$DIFFTEST_TARGET`).
 pub fn target() -> Target {

@@ -128,9 +128,10 @@ impl Ops {
     // ---- open / read / write ------------------------------------------------
 
     fn open_raw(&self, p: &[u8], flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
+        // O_NONBLOCK: never block opening a fifo (no-op for regular files).
         open(
             &self.path(p),
-            flags | OFlag::O_CLOEXEC,
+            flags | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
             Mode::from_bits_truncate(mode),
         )
     }
@@ -276,9 +277,16 @@ impl Ops {
     /// Whole content: `ok "<content>"` (or length+hash for long files).
     pub fn read(&mut self, p: impl AsRef<[u8]>) -> String {
         let p = p.as_ref();
-        let r = match std::fs::read(self.path(p)) {
-            Ok(d) => format!("ok {}", content_digest(&d)),
-            Err(e) => ioen(e),
+        let r = match self.open_raw(p, OFlag::O_RDONLY, 0) {
+            Err(e) => en(e),
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                let mut d = Vec::new();
+                match std::io::Read::read_to_end(&mut f, &mut d) {
+                    Ok(_) => format!("ok {}", content_digest(&d)),
+                    Err(e) => format!("read:{}", ioen(e)),
+                }
+            }
         };
         self.rec(format!("read {}", esc(p)), r)
     }
@@ -341,7 +349,10 @@ impl Ops {
         let path = self.path(p);
         let r = match std::fs::symlink_metadata(&path) {
             Err(e) => ioen(e),
-            Ok(_) => format!("ok {}", describe_opt(&path, WalkKind::Merged, false, false, false)),
+            Ok(_) => format!(
+                "ok {}",
+                describe_opt(&path, WalkKind::Merged, false, false, false)
+            ),
         };
         self.rec(format!("stat {}", esc(p)), r)
     }
@@ -434,7 +445,10 @@ impl Ops {
 
     pub fn mkdir(&mut self, p: impl AsRef<[u8]>, mode: u32) -> String {
         let p = p.as_ref();
-        let r = ok(nix::unistd::mkdir(&self.path(p), Mode::from_bits_truncate(mode)));
+        let r = ok(nix::unistd::mkdir(
+            &self.path(p),
+            Mode::from_bits_truncate(mode),
+        ));
         self.rec(format!("mkdir {} {mode:o}", esc(p)), r)
     }
 
@@ -495,7 +509,10 @@ impl Ops {
 
     pub fn mkfifo(&mut self, p: impl AsRef<[u8]>, mode: u32) -> String {
         let p = p.as_ref();
-        let r = ok(nix::unistd::mkfifo(&self.path(p), Mode::from_bits_truncate(mode)));
+        let r = ok(nix::unistd::mkfifo(
+            &self.path(p),
+            Mode::from_bits_truncate(mode),
+        ));
         self.rec(format!("mkfifo {} {mode:o}", esc(p)), r)
     }
 
@@ -545,7 +562,12 @@ impl Ops {
         let (p, n, v) = (p.as_ref(), name.as_ref(), value.as_ref());
         let r = ok(sys::lsetxattr(&self.path(p), n, v, flags));
         self.rec(
-            format!("setxattr {} {}=\"{}\" flags={flags}", esc(p), esc(n), esc(v)),
+            format!(
+                "setxattr {} {}=\"{}\" flags={flags}",
+                esc(p),
+                esc(n),
+                esc(v)
+            ),
             r,
         )
     }

@@ -18,8 +18,13 @@ pub fn require_root(name: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        println!("SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)");
-        eprintln!("SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)");
+        // Written to the raw stderr handle: libtest's capture (which hides
+        // the output of passing tests) only intercepts print!/eprint!.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)"
+        );
         false
     }
 }
@@ -46,6 +51,9 @@ pub struct Scenario {
     pub umask: u32,
     /// Paths whose mtime is compared in the tree walks.
     pub mtime_paths: Vec<Vec<u8>>,
+    /// The same lower layers in the kernel's own format, for the kernel side, when the
+    /// scenario's lowers use a format only unionfs reads (the OCI/AUFS `.wh.` markers).
+    pub kernel_lowers: Option<Vec<Tree>>,
 }
 
 impl Scenario {
@@ -57,7 +65,14 @@ impl Scenario {
             readonly: false,
             umask: 0o022,
             mtime_paths: Vec::new(),
+            kernel_lowers: None,
         }
+    }
+    /// Gives the kernel side these lower layers instead: the scenario's layers converted
+    /// to the kernel's format (whiteouts as 0/0 devices, opaque as an xattr).
+    pub fn kernel_lowers(mut self, t: Vec<Tree>) -> Self {
+        self.kernel_lowers = Some(t);
+        self
     }
     /// Adds a lower layer below the ones already added.
     pub fn lower(mut self, t: Tree) -> Self {
@@ -94,13 +109,23 @@ impl Scenario {
 
     /// Builds a layout, mounts it with `target`, runs the script, snapshots,
     /// unmounts, and snapshots the upper dir.
-    pub fn run_side<F>(&self, target: Target, label: &str, reference: bool, script: &F) -> SideResult
+    pub fn run_side<F>(
+        &self,
+        target: Target,
+        label: &str,
+        reference: bool,
+        script: &F,
+    ) -> SideResult
     where
         F: Fn(&mut Ops) + Sync,
     {
+        let layers = match (&self.kernel_lowers, target) {
+            (Some(k), Target::Kernel) => k.clone(),
+            _ => self.layers(),
+        };
         let layout = Layout::build(
             &format!("{}-{label}", self.name),
-            &self.layers(),
+            &layers,
             self.upper.as_ref(),
             !self.readonly,
         );
@@ -111,8 +136,12 @@ impl Scenario {
         let mut guard = layout
             .mount(target)
             .unwrap_or_else(|e| panic!("[{}] side {label}: {e}", self.name));
+        let dog = Watchdog::start(&layout.mnt, target, &self.name);
         res.log = run_script(&layout.mnt, reference, self.umask, script);
         res.merged = walk(guard.path(), WalkKind::Merged, &self.mtime_paths);
+        if let Some(e) = dog.stop() {
+            res.errors.push(e);
+        }
         if let Err(e) = guard.unmount() {
             res.errors.push(e);
         }
@@ -139,7 +168,11 @@ impl Scenario {
         let a = self.run_side(Target::Kernel, "A", true, &script);
         let b = self.run_side(target(), "B", false, &script);
         if std::env::var_os("DIFFTEST_VERBOSE").is_some() {
-            println!("== {} (A = kernel) log:\n  {}", self.name, a.log.join("\n  "));
+            println!(
+                "== {} (A = kernel) log:\n  {}",
+                self.name,
+                a.log.join("\n  ")
+            );
             if std::env::var_os("DIFFTEST_VERBOSE").is_some_and(|v| v == "2") {
                 for (what, snap) in [("merged", Some(&a.merged)), ("upper", a.upper.as_ref())] {
                     for e in snap.into_iter().flatten() {
@@ -156,6 +189,64 @@ impl Scenario {
             );
         }
         Some((a, b))
+    }
+}
+
+/// Aborts the FUSE connection of a unionfs mount if the script and walk
+/// take longer than `DIFFTEST_TIMEOUT` seconds (default 60), so that a hung
+/// daemon fails the test instead of hanging the suite.
+pub struct Watchdog {
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl Watchdog {
+    pub fn start(mnt: &std::path::Path, target: Target, name: &str) -> Watchdog {
+        use std::os::unix::fs::MetadataExt;
+        if target != Target::Unionfs {
+            return Watchdog {
+                tx: None,
+                handle: None,
+            };
+        }
+        let secs: u64 = std::env::var("DIFFTEST_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let dev = std::fs::metadata(mnt).map(|m| m.dev()).unwrap_or(0);
+        let minor = nix::sys::stat::minor(dev);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let name = name.to_string();
+        let handle = std::thread::spawn(move || {
+            match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let ctl = format!("/sys/fs/fuse/connections/{minor}/abort");
+                    let r = std::fs::write(&ctl, "1");
+                    let msg = format!(
+                        "[{name}] unionfs did not answer within {secs}s: aborted FUSE connection ({ctl}: {r:?})"
+                    );
+                    eprintln!("{msg}");
+                    Some(msg)
+                }
+                _ => None,
+            }
+        });
+        Watchdog {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the watchdog; returns its message if it fired.
+    pub fn stop(mut self) -> Option<String> {
+        drop(self.tx.take());
+        self.handle.take().and_then(|h| h.join().ok().flatten())
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
     }
 }
 
@@ -246,8 +337,10 @@ where
         let mut g = layout
             .mount(first)
             .unwrap_or_else(|e| panic!("[{}] mount {first:?}: {e}", sc.name));
+        let dog = Watchdog::start(&layout.mnt, first, &sc.name);
         run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
         let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
         }
@@ -264,14 +357,22 @@ where
         let mut g = layout
             .mount(second)
             .unwrap_or_else(|e| panic!("[{}] remount {second:?}: {e}", sc.name));
+        let dog = Watchdog::start(&layout.mnt, second, &sc.name);
         let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
         }
         s
     };
     let mut r = String::new();
-    if let Some(d) = diff(&before, &after, &format!("{first:?}"), &format!("{second:?}"), MAX_DIFF) {
+    if let Some(d) = diff(
+        &before,
+        &after,
+        &format!("{first:?}"),
+        &format!("{second:?}"),
+        MAX_DIFF,
+    ) {
         let _ = write!(
             r,
             "merged tree written by {first:?} differs when read back by {second:?}:\n{d}"

@@ -82,7 +82,8 @@ fn xattr_desc(path: &Path, kind: WalkKind) -> String {
             WalkKind::Merged if hidden => continue,
             WalkKind::Upper if n.ends_with(b".overlay.uuid") && hidden => continue,
             WalkKind::Upper
-                if hidden && (n.ends_with(b".overlay.origin") || n.ends_with(b".overlay.impure")) =>
+                if hidden
+                    && (n.ends_with(b".overlay.origin") || n.ends_with(b".overlay.impure")) =>
             {
                 "<present>".to_string()
             }

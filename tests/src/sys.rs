@@ -30,14 +30,8 @@ pub fn lgetxattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
         }
         let mut buf = vec![0u8; need as usize + 1];
         // SAFETY: buf is a writable allocation of buf.len() bytes.
-        let got = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let got =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if got < 0 {
             let e = Errno::last();
             if e == Errno::ERANGE {
@@ -190,7 +184,9 @@ impl DirStream {
         // is NUL-terminated.
         let (name, ino, dtype) = unsafe {
             let e = &*ent;
-            let name = std::ffi::CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec();
+            let name = std::ffi::CStr::from_ptr(e.d_name.as_ptr())
+                .to_bytes()
+                .to_vec();
             (name, e.d_ino, e.d_type)
         };
         Ok(Some(RawDirent { name, ino, dtype }))

@@ -85,31 +85,61 @@ fn prepop_script(o: &mut Ops) {
 // (a) target writes, kernel reads back
 #[test]
 fn unionfs_then_kernel_namespace() {
-    remount_check(&scenario("fmt_a_namespace"), target(), Target::Kernel, namespace_script);
+    remount_check(
+        &scenario("fmt_a_namespace"),
+        target(),
+        Target::Kernel,
+        namespace_script,
+    );
 }
 
 #[test]
 fn unionfs_then_kernel_metadata() {
-    remount_check(&scenario("fmt_a_metadata"), target(), Target::Kernel, metadata_script);
+    remount_check(
+        &scenario("fmt_a_metadata"),
+        target(),
+        Target::Kernel,
+        metadata_script,
+    );
 }
 
 #[test]
 fn unionfs_then_kernel_prepopulated_upper() {
-    remount_check(&prepopulated("fmt_a_prepop"), target(), Target::Kernel, prepop_script);
+    remount_check(
+        &prepopulated("fmt_a_prepop"),
+        target(),
+        Target::Kernel,
+        prepop_script,
+    );
 }
 
 // (b) kernel writes, target reads back
 #[test]
 fn kernel_then_unionfs_namespace() {
-    remount_check(&scenario("fmt_b_namespace"), Target::Kernel, target(), namespace_script);
+    remount_check(
+        &scenario("fmt_b_namespace"),
+        Target::Kernel,
+        target(),
+        namespace_script,
+    );
 }
 
 #[test]
 fn kernel_then_unionfs_metadata() {
-    remount_check(&scenario("fmt_b_metadata"), Target::Kernel, target(), metadata_script);
+    remount_check(
+        &scenario("fmt_b_metadata"),
+        Target::Kernel,
+        target(),
+        metadata_script,
+    );
 }
 
 #[test]
 fn kernel_then_unionfs_prepopulated_upper() {
-    remount_check(&prepopulated("fmt_b_prepop"), Target::Kernel, target(), prepop_script);
+    remount_check(
+        &prepopulated("fmt_b_prepop"),
+        Target::Kernel,
+        target(),
+        prepop_script,
+    );
 }

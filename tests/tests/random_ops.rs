@@ -13,30 +13,30 @@ const PATHS: &[&str] = &[
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write(usize, u8),
-    Append(usize),
-    Truncate(usize, u16),
-    Read(usize),
-    Stat(usize),
-    Unlink(usize),
-    Mkdir(usize),
-    Rmdir(usize),
-    Rename(usize, usize),
-    RenameNoreplace(usize, usize),
-    RenameExchange(usize, usize),
-    Link(usize, usize),
-    Symlink(usize),
-    Mkfifo(usize),
-    Chmod(usize, u16),
-    Chown(usize),
-    Setxattr(usize, u8),
-    Removexattr(usize),
-    Utimes(usize),
-    Readdir(usize),
+    Write(&'static str, u8),
+    Append(&'static str),
+    Truncate(&'static str, u16),
+    Read(&'static str),
+    Stat(&'static str),
+    Unlink(&'static str),
+    Mkdir(&'static str),
+    Rmdir(&'static str),
+    Rename(&'static str, &'static str),
+    RenameNoreplace(&'static str, &'static str),
+    RenameExchange(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    Symlink(&'static str),
+    Mkfifo(&'static str),
+    Chmod(&'static str, u16),
+    Chown(&'static str),
+    Setxattr(&'static str, u8),
+    Removexattr(&'static str),
+    Utimes(&'static str),
+    Readdir(&'static str),
 }
 
-fn p() -> impl Strategy<Value = usize> {
-    0..PATHS.len()
+fn p() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(PATHS.to_vec())
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -60,12 +60,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (p(), any::<u8>()).prop_map(|(a, v)| Op::Setxattr(a, v)),
         1 => p().prop_map(Op::Removexattr),
         1 => p().prop_map(Op::Utimes),
-        2 => prop::sample::select(vec![0usize, 3, 4]).prop_map(Op::Readdir),
+        2 => prop::sample::select(vec!["", "d1", "d2"]).prop_map(Op::Readdir),
     ]
 }
 
 fn apply(o: &mut Ops, op: &Op) {
-    let n = |i: usize| PATHS[i];
+    let n = |i: &'static str| i;
     match *op {
         Op::Write(i, b) => drop(o.write(n(i), format!("w{b}"))),
         Op::Append(i) => drop(o.append(n(i), "+app")),
@@ -89,7 +89,7 @@ fn apply(o: &mut Ops, op: &Op) {
             o.utimes(n(i), 100, 200);
             o.stat_times(n(i));
         }
-        Op::Readdir(i) => drop(o.readdir(if i == 0 { "" } else { n(i) })),
+        Op::Readdir(i) => drop(o.readdir(i)),
     }
 }
 

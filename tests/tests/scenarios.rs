@@ -4,7 +4,7 @@
 //! the workdir. `o.want(..)` pins the kernel's result where a scenario
 //! exists to check a specific outcome.
 
-use difftests::{Ops, Scenario, Tree, OFlag, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT};
+use difftests::{OFlag, Ops, Scenario, Tree, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT};
 use nix::unistd::AccessFlags;
 
 /// The common lower layer.
@@ -30,7 +30,10 @@ fn sc(name: &str) -> Scenario {
 fn clean_readdir(o: &Ops) {
     if o.reference {
         let r = o.last();
-        assert!(r.starts_with("ok [") && r.ends_with(']') && !r.contains("] ["), "{r}");
+        assert!(
+            r.starts_with("ok [") && r.ends_with(']') && !r.contains("] ["),
+            "{r}"
+        );
     }
 }
 
@@ -40,12 +43,14 @@ const WR: OFlag = OFlag::O_WRONLY;
 
 #[test]
 fn open_lower_file_for_write_copies_up() {
-    sc("open_lower_file_for_write_copies_up").mtime_of("f").run(|o| {
-        o.open("f", WR, 0);
-        o.want("ok");
-        o.read("f");
-        o.want("ok \"lower f\\n\"");
-    });
+    sc("open_lower_file_for_write_copies_up")
+        .mtime_of("f")
+        .run(|o| {
+            o.open("f", WR, 0);
+            o.want("ok");
+            o.read("f");
+            o.want("ok \"lower f\\n\"");
+        });
 }
 
 #[test]
@@ -78,13 +83,15 @@ fn o_trunc_lower() {
 
 #[test]
 fn chmod_lower_copies_up_keeps_content() {
-    sc("chmod_lower_copies_up_keeps_content").mtime_of("f").run(|o| {
-        o.chmod("f", 0o600);
-        o.want("ok");
-        o.read("f");
-        o.stat("f");
-        o.getxattr("f", "user.color");
-    });
+    sc("chmod_lower_copies_up_keeps_content")
+        .mtime_of("f")
+        .run(|o| {
+            o.chmod("f", 0o600);
+            o.want("ok");
+            o.read("f");
+            o.stat("f");
+            o.getxattr("f", "user.color");
+        });
 }
 
 #[test]
@@ -178,13 +185,15 @@ fn copyup_dir_keeps_mode_owner() {
         .file("od/x", 0o640, "x")
         .owner("od/x", 1002, 1003)
         .xattr("od", "user.d", "dirval");
-    Scenario::new("copyup_dir_keeps_mode_owner").lower(lower).run(|o| {
-        o.write("od/new", "n");
-        o.stat("od");
-        o.stat("od/new");
-        o.chmod("od/x", 0o600);
-        o.stat("od/x");
-    });
+    Scenario::new("copyup_dir_keeps_mode_owner")
+        .lower(lower)
+        .run(|o| {
+            o.write("od/new", "n");
+            o.stat("od");
+            o.stat("od/new");
+            o.chmod("od/x", 0o600);
+            o.stat("od/x");
+        });
 }
 
 #[test]
@@ -217,15 +226,17 @@ fn deep_tree_copyup() {
 #[test]
 fn sparse_file_copyup_stays_sparse() {
     let lower = Tree::new().sparse("s", 0o644, 64 << 20, 32 << 20, "middle");
-    Scenario::new("sparse_file_copyup_stays_sparse").lower(lower).run(|o| {
-        o.sparse("s");
-        o.want("ok sparse");
-        o.pwrite("s", 0, "head");
-        o.want("ok");
-        o.sparse("s");
-        o.want("ok sparse");
-        o.seek_data("s", 4096);
-    });
+    Scenario::new("sparse_file_copyup_stays_sparse")
+        .lower(lower)
+        .run(|o| {
+            o.sparse("s");
+            o.want("ok sparse");
+            o.pwrite("s", 0, "head");
+            o.want("ok");
+            o.sparse("s");
+            o.want("ok sparse");
+            o.seek_data("s", 4096);
+        });
 }
 
 #[test]
@@ -233,16 +244,18 @@ fn hardlink_lower_then_write() {
     let lower = Tree::new()
         .file("h1", 0o644, "shared\n")
         .hardlink("h2", "h1");
-    Scenario::new("hardlink_lower_then_write").lower(lower).run(|o| {
-        o.stat("h1");
-        o.same_ino("h1", "h2");
-        o.append("h2", "via h2\n");
-        o.want("ok");
-        o.read("h1");
-        o.read("h2");
-        o.stat("h1");
-        o.stat("h2");
-    });
+    Scenario::new("hardlink_lower_then_write")
+        .lower(lower)
+        .run(|o| {
+            o.stat("h1");
+            o.same_ino("h1", "h2");
+            o.append("h2", "via h2\n");
+            o.want("ok");
+            o.read("h1");
+            o.read("h2");
+            o.stat("h1");
+            o.stat("h2");
+        });
 }
 
 #[test]
@@ -345,7 +358,11 @@ fn whiteout_in_upper_hides_lower() {
 fn whiteout_in_middle_lower_hides_lower() {
     Scenario::new("whiteout_in_middle_lower_hides_lower")
         .lower(Tree::new().whiteout("g").file("h", 0o644, "top h"))
-        .lower(Tree::new().file("g", 0o644, "g").file("h", 0o644, "bottom h"))
+        .lower(
+            Tree::new()
+                .file("g", 0o644, "g")
+                .file("h", 0o644, "bottom h"),
+        )
         .run(|o| {
             o.stat("g");
             o.want("ENOENT");
@@ -388,7 +405,12 @@ fn rmdir_nonempty_merged_enotempty() {
 #[test]
 fn rmdir_dir_with_only_whiteouts_ok() {
     Scenario::new("rmdir_dir_with_only_whiteouts_ok")
-        .lower(Tree::new().dir("w", 0o755).file("w/a", 0o644, "").file("w/b", 0o644, ""))
+        .lower(
+            Tree::new()
+                .dir("w", 0o755)
+                .file("w/a", 0o644, "")
+                .file("w/b", 0o644, ""),
+        )
         .upper(Tree::new().dir("w", 0o755).whiteout("w/a").whiteout("w/b"))
         .run(|o| {
             o.readdir("w");
@@ -449,9 +471,21 @@ fn wrong_type_errors() {
 #[test]
 fn readdir_merged_dedup() {
     Scenario::new("readdir_merged_dedup")
-        .lower(Tree::new().file("d/a", 0o644, "1a").file("d/b", 0o644, "1b"))
-        .lower(Tree::new().file("d/b", 0o644, "2b").file("d/c", 0o644, "2c"))
-        .upper(Tree::new().file("d/c", 0o644, "uc").file("d/e", 0o644, "ue"))
+        .lower(
+            Tree::new()
+                .file("d/a", 0o644, "1a")
+                .file("d/b", 0o644, "1b"),
+        )
+        .lower(
+            Tree::new()
+                .file("d/b", 0o644, "2b")
+                .file("d/c", 0o644, "2c"),
+        )
+        .upper(
+            Tree::new()
+                .file("d/c", 0o644, "uc")
+                .file("d/e", 0o644, "ue"),
+        )
         .run(|o| {
             o.readdir("d");
             o.want("ok [a,b,c,e]");
@@ -533,7 +567,12 @@ fn lookup_nondir_hides_lower_dir() {
 fn lower_dir_over_lower_file() {
     Scenario::new("lower_dir_over_lower_file")
         .lower(Tree::new().dir("x", 0o755).file("x/in", 0o644, "in"))
-        .lower(Tree::new().file("x", 0o644, "file x").dir("y", 0o755).file("y/k", 0o644, ""))
+        .lower(
+            Tree::new()
+                .file("x", 0o644, "file x")
+                .dir("y", 0o755)
+                .file("y/k", 0o644, ""),
+        )
         .run(|o| {
             o.readdir("x");
             o.want("ok [in]");
@@ -545,8 +584,20 @@ fn lower_dir_over_lower_file() {
 fn three_lower_layers_topmost_wins() {
     Scenario::new("three_lower_layers_topmost_wins")
         .lower(Tree::new().file("f", 0o644, "1").dir("dd", 0o711))
-        .lower(Tree::new().file("f", 0o600, "2").file("g", 0o644, "g2").dir("dd", 0o755).file("dd/x", 0o644, "x"))
-        .lower(Tree::new().file("f", 0o666, "3").file("h", 0o644, "h3").file("g", 0o644, "g3").file("dd/y", 0o644, "y"))
+        .lower(
+            Tree::new()
+                .file("f", 0o600, "2")
+                .file("g", 0o644, "g2")
+                .dir("dd", 0o755)
+                .file("dd/x", 0o644, "x"),
+        )
+        .lower(
+            Tree::new()
+                .file("f", 0o666, "3")
+                .file("h", 0o644, "h3")
+                .file("g", 0o644, "g3")
+                .file("dd/y", 0o644, "y"),
+        )
         .run(|o| {
             o.read("f");
             o.want("ok \"1\"");
@@ -576,10 +627,13 @@ fn readdir_seek_telldir() {
             u = u.whiteout(format!("big/lower{i:02}"));
         }
     }
-    Scenario::new("readdir_seek_telldir").lower(l).upper(u).run(|o| {
-        o.readdir("big");
-        clean_readdir(o);
-    });
+    Scenario::new("readdir_seek_telldir")
+        .lower(l)
+        .upper(u)
+        .run(|o| {
+            o.readdir("big");
+            clean_readdir(o);
+        });
 }
 
 #[test]
@@ -925,7 +979,12 @@ fn fallocate_upper() {
         o.stat("n");
         o.fallocate("n", libc::FALLOC_FL_KEEP_SIZE, 0, 2 << 20);
         o.stat("n");
-        o.fallocate("n", libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 4096);
+        o.fallocate(
+            "n",
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        );
         o.read("n");
         o.fallocate("f", 0, 100, 100);
         o.stat("f");
@@ -950,15 +1009,20 @@ fn fsync_and_truncate_upper() {
 
 #[test]
 fn setgid_dir_inherits_group() {
-    let lower = Tree::new().dir("sg", 0o2775).owner("sg", 0, 1234).dir("sg", 0o2775);
-    Scenario::new("setgid_dir_inherits_group").lower(lower).run(|o| {
-        o.mkdir("sg/sub", 0o755);
-        o.want("ok");
-        o.stat("sg/sub");
-        o.want("ok d mode=2755 uid=0 gid=1234");
-        o.write("sg/file", "x");
-        o.stat("sg/file");
-    });
+    let lower = Tree::new()
+        .dir("sg", 0o2775)
+        .owner("sg", 0, 1234)
+        .dir("sg", 0o2775);
+    Scenario::new("setgid_dir_inherits_group")
+        .lower(lower)
+        .run(|o| {
+            o.mkdir("sg/sub", 0o755);
+            o.want("ok");
+            o.stat("sg/sub");
+            o.want("ok d mode=2755 uid=0 gid=1234");
+            o.write("sg/file", "x");
+            o.stat("sg/file");
+        });
 }
 
 #[test]
@@ -1013,60 +1077,74 @@ fn permission_denied_as_other_user() {
 
 #[test]
 fn create_as_other_user_sets_owner() {
-    let lower = Tree::new().dir("pub", 0o777).dir("mine", 0o755).owner("mine", 1000, 1000);
-    Scenario::new("create_as_other_user_sets_owner").lower(lower).run(|o| {
-        o.as_user(1000, 1000, |o| {
-            o.write("pub/u", "u");
-            o.want("ok");
-            o.stat("pub/u");
-            o.want("ok f mode=0644 uid=1000 gid=1000 size=1 nlink=1");
-            o.mkdir("mine/sub", 0o700);
-            o.symlink("x", "mine/l");
-            o.chmod("mine", 0o700);
-            o.want("ok");
+    let lower = Tree::new()
+        .dir("pub", 0o777)
+        .dir("mine", 0o755)
+        .owner("mine", 1000, 1000);
+    Scenario::new("create_as_other_user_sets_owner")
+        .lower(lower)
+        .run(|o| {
+            o.as_user(1000, 1000, |o| {
+                o.write("pub/u", "u");
+                o.want("ok");
+                o.stat("pub/u");
+                o.want("ok f mode=0644 uid=1000 gid=1000 size=1 nlink=1");
+                o.mkdir("mine/sub", 0o700);
+                o.symlink("x", "mine/l");
+                o.chmod("mine", 0o700);
+                o.want("ok");
+            });
+            o.stat("mine");
         });
-        o.stat("mine");
-    });
 }
 
 #[test]
 fn write_clears_setuid_as_user() {
     let lower = Tree::new().file("suid", 0o6777, "#!/bin/true\n");
-    Scenario::new("write_clears_setuid_as_user").lower(lower).run(|o| {
-        o.stat("suid");
-        o.as_user(1000, 1000, |o| {
-            o.append("suid", "x");
-            o.want("ok");
+    Scenario::new("write_clears_setuid_as_user")
+        .lower(lower)
+        .run(|o| {
+            o.stat("suid");
+            o.as_user(1000, 1000, |o| {
+                o.append("suid", "x");
+                o.want("ok");
+            });
+            o.stat("suid");
         });
-        o.stat("suid");
-    });
 }
 
 // ---- read-only union, overlay-private names ------------------------------------------
 
 #[test]
 fn ro_union_write_erofs() {
-    sc("ro_union_write_erofs").readonly().lower(Tree::new().file("g", 0o644, "g")).run(|o| {
-        o.read("f");
-        o.want("ok \"lower f\\n\"");
-        o.open("f", WR, 0);
-        o.want("EROFS");
-        o.mkdir("x", 0o755);
-        o.want("EROFS");
-        o.unlink("g");
-        o.want("EROFS");
-        o.setxattr("f", "user.x", "1");
-        o.want("EROFS");
-        o.readdir("");
-        o.access("f", AccessFlags::W_OK);
-        o.want("EROFS");
-    });
+    sc("ro_union_write_erofs")
+        .readonly()
+        .lower(Tree::new().file("g", 0o644, "g"))
+        .run(|o| {
+            o.read("f");
+            o.want("ok \"lower f\\n\"");
+            o.open("f", WR, 0);
+            o.want("EROFS");
+            o.mkdir("x", 0o755);
+            o.want("EROFS");
+            o.unlink("g");
+            o.want("EROFS");
+            o.setxattr("f", "user.x", "1");
+            o.want("EROFS");
+            o.readdir("");
+            o.access("f", AccessFlags::W_OK);
+            o.want("EROFS");
+        });
 }
 
 #[test]
 fn xattr_overlay_names_hidden() {
     Scenario::new("xattr_overlay_names_hidden")
-        .lower(base().xattr("d/a", "trusted.overlay.foo", "bar").xattr("d/a", "trusted.other", "v"))
+        .lower(
+            base()
+                .xattr("d/a", "trusted.overlay.foo", "bar")
+                .xattr("d/a", "trusted.other", "v"),
+        )
         .upper(Tree::new().opaque("od").file("od/x", 0o644, ""))
         .run(|o| {
             o.listxattr("od");
@@ -1082,18 +1160,151 @@ fn xattr_overlay_names_hidden() {
 
 #[test]
 fn aufs_wh_markers_in_lower_hidden() {
-    // The kernel overlay does not interpret aufs-style `.wh.` files: they
-    // are ordinary files. Expectation = whatever the kernel shows.
-    let lower = Tree::new()
+    // Image layers (OCI / containers-storage) mark deletions with `.wh.NAME` files and
+    // opaque directories with a `.wh..wh..opq` file. The kernel's overlay does not read
+    // them, so the kernel side gets the same layers converted to its own format (a 0/0
+    // whiteout, the opaque xattr): both must show the same union and write the same upper.
+    let aufs = Tree::new()
         .file("d/.wh.a", 0o644, "")
-        .file("d/.wh..wh..opq", 0o644, "")
-        .file("d/b", 0o644, "b");
+        .file("d/b", 0o644, "b")
+        .file("e/.wh..wh..opq", 0o644, "")
+        .file("e/x", 0o644, "x");
+    let kernel = Tree::new()
+        .whiteout("d/a")
+        .file("d/b", 0o644, "b")
+        .dir("e", 0o755)
+        .opaque("e")
+        .file("e/x", 0o644, "x");
+    let bottom = Tree::new()
+        .file("d/a", 0o644, "a")
+        .file("d/c", 0o644, "c")
+        .file("e/y", 0o644, "y");
     Scenario::new("aufs_wh_markers_in_lower_hidden")
-        .lower(lower)
-        .lower(Tree::new().file("d/a", 0o644, "a").file("d/c", 0o644, "c"))
+        .lower(aufs)
+        .lower(bottom.clone())
+        .kernel_lowers(vec![kernel, bottom])
         .run(|o| {
             o.readdir("d");
             o.stat("d/a");
+            o.want("ENOENT");
             o.stat("d/.wh.a");
+            o.want("ENOENT");
+            o.readdir("e");
+            o.stat("e/y");
+            o.want("ENOENT");
+            o.write("d/a", "new a");
+            o.readdir("d");
+            o.unlink("d/b");
+            o.mkdir("e/y", 0o755);
+            o.readdir("e");
         });
+}
+
+// ---- more copy-up / lifetime cases ---------------------------------------------------
+
+#[test]
+fn large_file_copyup_content() {
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let lower = Tree::new().file("big", 0o644, data);
+    Scenario::new("large_file_copyup_content")
+        .lower(lower)
+        .run(|o| {
+            o.pwrite("big", 1_500_000, "MIDDLE");
+            o.want("ok");
+            o.read("big");
+        });
+}
+
+#[test]
+fn unlink_open_file_keeps_data() {
+    sc("unlink_open_file_keeps_data").run(|o| {
+        let fd = o.open_keep("d/a", OFlag::O_RDWR);
+        o.unlink("d/a");
+        o.want("ok");
+        o.fd_write(fd, "X");
+        o.fd_read(fd);
+        o.fd_stat(fd);
+        o.close(fd);
+        o.stat("d/a");
+        o.want("ENOENT");
+    });
+}
+
+#[test]
+fn setxattr_symlink_lower() {
+    sc("setxattr_symlink_lower").run(|o| {
+        o.setxattr("link", "user.x", "1");
+        o.want("EPERM");
+        o.setxattr("link", "trusted.t", "1");
+        o.want("ok");
+        o.listxattr("link");
+    });
+}
+
+#[test]
+fn chmod_via_symlink_copies_target() {
+    sc("chmod_via_symlink_copies_target").run(|o| {
+        o.chmod("link", 0o700);
+        o.want("ok");
+        o.stat("f");
+        o.stat("link");
+    });
+}
+
+#[test]
+fn mkdir_over_whiteout_of_file() {
+    sc("mkdir_over_whiteout_of_file").run(|o| {
+        o.unlink("f");
+        o.mkdir("f", 0o755);
+        o.want("ok");
+        o.write("f/x", "x");
+        o.readdir("f");
+        o.want("ok [x]");
+        o.rmdir("empty");
+        o.write("empty", "now a file");
+        o.stat("empty");
+    });
+}
+
+#[test]
+fn rename_exchange_file_and_dir() {
+    sc("rename_exchange_file_and_dir").run(|o| {
+        o.mkdir("nd", 0o755);
+        o.write("nd/in", "in");
+        o.write("nf", "nf");
+        o.rename2("nd", "nf", RENAME_EXCHANGE);
+        o.want("ok");
+        o.stat("nd");
+        o.read("nf/in");
+        o.rename2("d", "nf", RENAME_EXCHANGE);
+        o.want("EXDEV");
+    });
+}
+
+#[test]
+fn hardlink_upper_nlink() {
+    sc("hardlink_upper_nlink").run(|o| {
+        o.write("n", "n");
+        o.link("n", "d/n2");
+        o.link("n", "n3");
+        o.stat("n");
+        o.want("ok f mode=0644 uid=0 gid=0 size=1 nlink=3");
+        o.unlink("n3");
+        o.stat("d/n2");
+        o.same_ino("n", "d/n2");
+        o.want("ok same");
+    });
+}
+
+#[test]
+fn rmdir_recreate_cycle() {
+    sc("rmdir_recreate_cycle").run(|o| {
+        o.rmdir("empty");
+        o.mkdir("empty", 0o755);
+        o.rmdir("empty");
+        o.want("ok");
+        o.mkdir("empty", 0o711);
+        o.stat("empty");
+        o.readdir("");
+    });
 }

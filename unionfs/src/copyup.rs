@@ -56,7 +56,14 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     };
     let upper = copy_up_one(fs, &src, &pupper, &name, data)?;
     mark_impure(fs, &parent, &pupper)?;
-    inode.state.write().upper = Some(upper.clone());
+    let aliases = {
+        let mut st = inode.state.write();
+        st.upper = Some(upper.clone());
+        std::mem::take(&mut st.aliases)
+    };
+    // The other names of a lower hard link still show the lower file: the kernel must
+    // look them up again and get a node of their own.
+    fs.invalidate_names(aliases);
     Ok(upper)
 }
 
@@ -170,7 +177,9 @@ fn build(
     let fd = open_path(work, tmp)?;
     let dst = XPath::at(work, tmp);
     copy_xattrs(fs, &src.xpath(), &dst)?;
-    if let LayerRef::Lower(i) = src.layer {
+    // Without an index the kernel records no origin for a lower hard link: the copy of one
+    // name is a file of its own, with the upper inode number.
+    if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
         let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
         if let Some(origin) = src.handle().and_then(|h| crate::origin::encode(h, &uuid)) {
             crate::sys::fsops::setxattr(&dst, fs.layers.ns.origin(), &origin, 0)?;

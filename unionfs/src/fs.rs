@@ -16,7 +16,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::errno::Errno;
 use crate::ops::attr::{SetAttr, SetTime};
-use crate::ops::file::DataPath;
+use crate::ops::file::{DataPath, Opened};
 use crate::ops::namei::NewObj;
 use crate::union::{Attr, Ctx, UnionFs};
 
@@ -37,23 +37,26 @@ impl FuseAdapter {
     fn open_reply(
         &self,
         ino: u64,
-        file: std::fs::File,
+        opened: Opened,
         path: DataPath,
     ) -> (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>) {
+        let fh = FileHandle(self.fs.add_handle(ino, opened, &path));
         match path {
-            DataPath::Passthrough(id) => {
-                let fh = self.fs.add_handle(ino, file, Some(Arc::clone(&id)));
-                (FileHandle(fh), FopenFlags::empty(), Some(id))
-            }
-            DataPath::Direct(id) => {
-                let fh = self.fs.add_handle(ino, file, Some(Arc::clone(&id)));
-                (FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO, Some(id))
-            }
-            DataPath::Cached => {
-                let fh = self.fs.add_handle(ino, file, None);
-                // Every change goes through us, so cached pages stay valid across opens.
-                (FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE, None)
-            }
+            DataPath::Passthrough(id) => (fh, FopenFlags::empty(), Some(id)),
+            DataPath::Direct(id) => (fh, FopenFlags::FOPEN_DIRECT_IO, Some(id)),
+            // Every change goes through us, so cached pages stay valid across opens.
+            DataPath::Cached => (fh, FopenFlags::FOPEN_KEEP_CACHE, None),
+        }
+    }
+}
+
+/// The kernel side of `Invalidate`.
+pub struct KernelInvalidator(pub fuser::Notifier);
+
+impl crate::union::Invalidate for KernelInvalidator {
+    fn entry(&self, parent: u64, name: &OsStr) {
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), name) {
+            log::debug!("invalidating {name:?} in {parent}: {e}");
         }
     }
 }
@@ -347,10 +350,14 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(e.into()),
         };
-        let path = self
+        let path = match self
             .fs
-            .data_path(ino.0, opened.real, || reply.open_backing(&opened.file));
-        match self.open_reply(ino.0, opened.file, path) {
+            .data_path(ino.0, &opened, || reply.open_backing(&opened.file))
+        {
+            Ok(p) => p,
+            Err(e) => return reply.error(e.into()),
+        };
+        match self.open_reply(ino.0, opened, path) {
             (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
             (fh, fl, None) => reply.opened(fh, fl),
         }
@@ -612,11 +619,20 @@ impl Filesystem for FuseAdapter {
             Some(u) => (u.dev, u.ino),
             None => return reply.error(Errno::EIO.into()),
         };
-        let path = self
+        let opened = Opened {
+            file,
+            real,
+            upper: true,
+        };
+        let path = match self
             .fs
-            .data_path(node.ino, real, || reply.open_backing(&file));
+            .data_path(node.ino, &opened, || reply.open_backing(&opened.file))
+        {
+            Ok(p) => p,
+            Err(e) => return reply.error(e.into()),
+        };
         let attr = fattr(&a);
-        match self.open_reply(node.ino, file, path) {
+        match self.open_reply(node.ino, opened, path) {
             (fh, fl, Some(id)) => {
                 reply.created_passthrough(&TTL, &attr, Generation(0), fh, fl, &id)
             }

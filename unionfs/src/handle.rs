@@ -1,18 +1,24 @@
 //! Open files and directories, by FUSE file handle.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::readdir::Entry;
 
 #[derive(Debug)]
 pub struct FileHandle {
     pub ino: u64,
-    pub file: File,
+    /// The real file; a read-only open of a lower file moves to the upper copy once there
+    /// is one, as the kernel's overlay does.
+    pub file: RwLock<File>,
+    /// Still reading a lower file.
+    pub on_lower: AtomicBool,
+    /// Served through the page cache (counted in the node's `Opens::cached`).
+    pub cached: bool,
     /// The kernel's passthrough registration, shared by the node's passthrough opens and
     /// closed when the last of them is released.
     pub backing: Option<Arc<fuser::BackingId>>,

@@ -216,6 +216,10 @@ pub struct State {
     pub impure: bool,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
+    /// Other names that reached the same lower hard link (and so the same node, the kernel
+    /// showing one inode number for them, as the kernel's overlay does). A copy-up breaks
+    /// the link, as there: those names must then be looked up again.
+    pub aliases: Vec<(u64, OsString)>,
 }
 
 impl State {
@@ -238,9 +242,20 @@ pub struct Inode {
     /// Held while this node is copied up, so that one copy-up runs at a time per node.
     pub copyup: Mutex<()>,
     pub state: RwLock<State>,
-    /// The kernel lets all passthrough opens of an inode share one backing file only:
-    /// the one registered for it while any such open lives, and which real object it is.
-    pub backing: Mutex<Option<Backing>>,
+    /// The node's open files, which decide how a new open may serve its data.
+    pub opens: Mutex<Opens>,
+}
+
+/// The kernel's rules for the opens of one inode: either all pass through to one backing
+/// file, or none does (cached or direct I/O through the daemon).
+#[derive(Debug, Default)]
+pub struct Opens {
+    /// Open handles of any kind.
+    pub handles: u32,
+    /// Open handles served through the page cache.
+    pub cached: u32,
+    /// The backing file registered while any passthrough open lives.
+    pub backing: Option<Backing>,
 }
 
 #[derive(Debug)]
@@ -293,7 +308,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             copyup: Mutex::new(()),
             state: RwLock::new(state),
-            backing: Mutex::new(None),
+            opens: Mutex::new(Opens::default()),
         });
         self.map.insert(ROOT, Arc::clone(&inode));
         inode
@@ -322,7 +337,15 @@ impl InodeTable {
                         // latest one, the one a copy-up would use.
                         {
                             let mut st = inode.state.write();
-                            if !inode.is_dir() {
+                            if !inode.is_dir()
+                                && (st.parent != state.parent || st.name != state.name)
+                            {
+                                let old = (st.parent, std::mem::take(&mut st.name));
+                                if !st.aliases.contains(&old) {
+                                    st.aliases.push(old);
+                                }
+                                st.aliases
+                                    .retain(|a| a.0 != state.parent || a.1 != state.name);
                                 st.parent = state.parent;
                                 st.name = state.name;
                             }
@@ -342,7 +365,7 @@ impl InodeTable {
                         lookups: AtomicU64::new(1),
                         copyup: Mutex::new(()),
                         state: RwLock::new(state),
-                        backing: Mutex::new(None),
+                        opens: Mutex::new(Opens::default()),
                     });
                     v.insert(Arc::clone(&inode));
                     return inode;
@@ -415,6 +438,7 @@ mod tests {
             lowers: lower.into_iter().collect(),
             impure: false,
             unlinked: false,
+            aliases: Vec::new(),
         }
     }
 

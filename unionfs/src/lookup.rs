@@ -77,6 +77,8 @@ pub struct Found {
     /// The inode number `stat` must show.
     pub natural_ino: u64,
     pub impure: bool,
+    /// A merged directory whose upper has no origin record yet.
+    pub fix_origin: bool,
 }
 
 impl Found {
@@ -88,6 +90,7 @@ impl Found {
             lowers: self.lowers,
             impure: self.impure,
             unlinked: false,
+            aliases: Vec::new(),
         }
     }
 }
@@ -166,17 +169,25 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
         (None, None) => return Ok(None),
     };
     let mut impure = false;
+    let mut fix_origin = false;
     let natural_ino = match &upper {
         Some((u, _)) => {
             // Only a copy-up or a rename records an origin, and both mark the parent
             // impure: a pure parent spares us the xattr read.
-            let origin = if parent.impure || kind == libc::S_IFDIR {
+            let record = if parent.impure || kind == libc::S_IFDIR {
                 crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.origin())
                     .ok()
                     .flatten()
-                    .and_then(|v| crate::origin::decode_ino(&v))
             } else {
                 None
+            };
+            // A merged directory without an origin gets its first lower directory as
+            // origin, as the kernel's lookup does (`ovl_fix_origin`).
+            fix_origin = record.is_none() && kind == libc::S_IFDIR && !lowers.is_empty();
+            let origin = match (&record, lowers.first()) {
+                (Some(v), _) => crate::origin::decode_ino(v),
+                (None, Some((l, _))) if fix_origin => Some(l.ino),
+                _ => None,
             };
             if kind == libc::S_IFDIR {
                 impure = crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.impure())
@@ -195,6 +206,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
         }
     };
     Ok(Some(Found {
+        fix_origin,
         kind,
         upper: upper.map(|(r, _)| r),
         lowers: lowers.into_iter().map(|(r, _)| r).collect(),

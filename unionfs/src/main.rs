@@ -163,6 +163,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
             .max(2)
     }));
     config.clone_fd = true;
+    let invalidator = std::sync::Arc::clone(&fs.invalidator);
     let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, acl, config) {
         Ok(s) => s,
         Err(e) => {
@@ -170,6 +171,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
             return Err((format!("FUSE handshake failed: {e}"), readiness));
         }
     };
+    let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
     if let Some(r) = readiness {
         r.ready();
     }

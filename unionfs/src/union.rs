@@ -79,7 +79,15 @@ impl Attr {
     }
 }
 
+/// Tells the kernel to forget cached names. The core calls it when a name it handed out
+/// stops meaning what the kernel thinks (a hard link broken by copy-up).
+pub trait Invalidate: Send + Sync {
+    fn entry(&self, parent: u64, name: &OsStr);
+}
+
 pub struct UnionFs {
+    /// Set once the session exists.
+    pub invalidator: Arc<std::sync::OnceLock<Box<dyn Invalidate>>>,
     pub layers: Layers,
     pub inodes: InodeTable,
     pub handles: Handles,
@@ -87,7 +95,6 @@ pub struct UnionFs {
     tmp_counter: AtomicU64,
     /// Passthrough wanted and not (yet) refused by the kernel.
     passthrough: std::sync::atomic::AtomicBool,
-    any_backing: std::sync::atomic::AtomicBool,
     /// The inode number the root shows (the kernel shows the upper root's).
     root_ino: u64,
 }
@@ -142,15 +149,16 @@ impl UnionFs {
             lowers,
             impure,
             unlinked: false,
+            aliases: Vec::new(),
         });
         Ok(UnionFs {
+            invalidator: Arc::new(std::sync::OnceLock::new()),
             layers,
             inodes,
             handles: Handles::new(),
             config,
             tmp_counter: AtomicU64::new(1),
             passthrough: std::sync::atomic::AtomicBool::new(passthrough),
-            any_backing: std::sync::atomic::AtomicBool::new(false),
             root_ino,
         })
     }
@@ -159,21 +167,8 @@ impl UnionFs {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// The kernel refused to register a backing file.
-    pub fn passthrough_refused(&self, e: &std::io::Error) {
-        // Without privilege the kernel refuses every registration. If none ever succeeded,
-        // nothing passes through, so cached I/O through the daemon cannot conflict.
-        if e.raw_os_error() == Some(libc::EPERM) && !self.any_backing.load(Ordering::Relaxed) {
-            self.disable_passthrough();
-        }
-    }
-
     pub fn disable_passthrough(&self) {
         self.passthrough.store(false, Ordering::Relaxed);
-    }
-
-    pub fn note_backing(&self) {
-        self.any_backing.store(true, Ordering::Relaxed);
     }
 
     pub fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
@@ -240,6 +235,9 @@ impl UnionFs {
             crate::lookup::resolve(&self.layers, &pst, name)?
         };
         let found = found.ok_or(Errno::ENOENT)?;
+        if found.fix_origin && !self.layers.read_only() {
+            self.fix_origin(&p, &found);
+        }
         let merged = found.kind == libc::S_IFDIR
             && found.lowers.len() + usize::from(found.upper.is_some()) > 1;
         let st = found.st;
@@ -249,6 +247,55 @@ impl UnionFs {
             .inodes
             .get_or_insert(natural, kind, found.into_state(parent, name));
         Ok((Arc::clone(&inode), Attr::from_stat(inode.ino, &st, merged)))
+    }
+
+    /// Records the first lower directory as the origin of a merged directory and marks the
+    /// parent impure, as the kernel's lookup does. Best effort: a failure only costs the
+    /// upper its kernel-identical form, not the lookup.
+    fn fix_origin(&self, parent: &Inode, found: &crate::lookup::Found) {
+        let (Some(u), Some(l)) = (&found.upper, found.lowers.first()) else {
+            return;
+        };
+        let LayerRef::Lower(i) = l.layer else {
+            return;
+        };
+        let uuid = self.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
+        let Some(record) = l.handle().and_then(|h| crate::origin::encode(h, &uuid)) else {
+            return;
+        };
+        let set = crate::sys::fsops::setxattr(&u.xpath(), self.layers.ns.origin(), &record, 0);
+        let pu = parent.state.read().upper.clone();
+        let marked = match (&set, pu) {
+            (Ok(()), Some(pu)) => crate::copyup::mark_impure(self, parent, &pu),
+            _ => Ok(()),
+        };
+        if let Err(e) = set.map_err(Errno::from).and(marked) {
+            log::warn!(
+                "cannot record the origin of merged directory {:?}: {e}",
+                found.st.st_ino
+            );
+        }
+    }
+
+    /// Drops cached names in the kernel, from another thread: the request being served
+    /// may hold a lock the kernel needs for it.
+    pub fn invalidate_names(&self, names: Vec<(u64, OsString)>) {
+        if names.is_empty() {
+            return;
+        }
+        let inv = Arc::clone(&self.invalidator);
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-inval".into())
+            .spawn(move || {
+                if let Some(i) = inv.get() {
+                    for (parent, name) in names {
+                        i.entry(parent, &name);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot invalidate cached names: {e}");
+        }
     }
 
     pub fn forget(&self, ino: u64, n: u64) {

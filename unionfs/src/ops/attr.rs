@@ -34,15 +34,18 @@ fn spec(t: Option<SetTime>) -> TimeSpec {
 }
 
 impl UnionFs {
-    /// Attributes of a node; through an open handle when there is one, which also works
-    /// once the file has lost its last name.
+    /// Attributes of a node; through the open handle the kernel names when the node's own
+    /// object cannot be reached.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let inode = self.inode(ino)?;
-        if let Some(h) = fh.and_then(|fh| self.handles.file(fh)) {
-            let st = nix::sys::stat::fstat(&h.file)?;
-            return Ok(Attr::from_stat(inode.ino, &st, false));
+        match self.attr_of(&inode) {
+            Err(e) if fh.is_some() => {
+                let h = fh.and_then(|fh| self.handles.file(fh)).ok_or(e)?;
+                let st = nix::sys::stat::fstat(&*h.file.read())?;
+                Ok(Attr::from_stat(inode.ino, &st, false))
+            }
+            r => r,
         }
-        self.attr_of(&inode)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -64,7 +67,7 @@ impl UnionFs {
         if let Some(size) = a.size {
             let handle = a.fh.and_then(|fh| self.handles.file(fh));
             match handle {
-                Some(h) => h.file.set_len(size)?,
+                Some(h) => h.file.read().set_len(size)?,
                 None => upper.open(OFlag::O_WRONLY)?.set_len(size)?,
             }
         }

@@ -4,7 +4,10 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use nix::fcntl::{FallocateFlags, OFlag};
 
@@ -42,47 +45,56 @@ pub enum DataPath {
 pub struct Opened {
     pub file: File,
     pub real: (u64, u64),
+    pub upper: bool,
 }
 
 impl UnionFs {
-    /// Chooses the data path for a new open of `ino`; `register` makes a backing id for
-    /// the file when one is needed.
+    /// Chooses the data path for a new open of `ino` and counts the open; `register`
+    /// makes a backing id for the file when one is needed.
+    ///
+    /// Only upper files pass through: an upper file is never replaced, while a lower one
+    /// is when copied up, and an open that passes through to the lower file could never
+    /// see the copy (the kernel's overlay moves even read-only opens to the upper copy).
+    /// The kernel refuses to mix passthrough and cached opens of an inode, so the first
+    /// open decides for all that overlap it.
     pub fn data_path(
         &self,
         ino: u64,
-        real: (u64, u64),
+        opened: &Opened,
         register: impl FnOnce() -> std::io::Result<fuser::BackingId>,
-    ) -> DataPath {
-        if !self.passthrough_on() {
-            return DataPath::Cached;
-        }
-        let Ok(inode) = self.inode(ino) else {
-            return DataPath::Cached;
-        };
-        let mut slot = inode.backing.lock();
-        if let Some(b) = slot.as_ref() {
+    ) -> Result<DataPath> {
+        let inode = self.inode(ino)?;
+        let mut opens = inode.opens.lock();
+        opens.handles += 1;
+        if let Some(b) = opens.backing.as_ref() {
             if let Some(id) = b.id.upgrade() {
-                return if b.real == real {
+                return Ok(if b.real == opened.real {
                     DataPath::Passthrough(id)
                 } else {
                     DataPath::Direct(id)
-                };
+                });
             }
+        }
+        if opens.cached > 0 || !opened.upper || !self.passthrough_on() {
+            opens.cached += 1;
+            return Ok(DataPath::Cached);
         }
         match register() {
             Ok(id) => {
-                self.note_backing();
                 let id = Arc::new(id);
-                *slot = Some(crate::inode::Backing {
-                    real,
+                opens.backing = Some(crate::inode::Backing {
+                    real: opened.real,
                     id: Arc::downgrade(&id),
                 });
-                DataPath::Passthrough(id)
+                Ok(DataPath::Passthrough(id))
             }
             Err(e) => {
                 log::debug!("passthrough refused for node {ino}: {e}");
-                self.passthrough_refused(&e);
-                DataPath::Cached
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    self.disable_passthrough();
+                }
+                opens.cached += 1;
+                Ok(DataPath::Cached)
             }
         }
     }
@@ -104,11 +116,22 @@ impl UnionFs {
         Ok(Opened {
             file: real.open(real_flags(flags))?,
             real: (real.dev, real.ino),
+            upper: real.layer == crate::inode::LayerRef::Upper,
         })
     }
 
-    pub fn add_handle(&self, ino: u64, file: File, backing: Option<Arc<fuser::BackingId>>) -> u64 {
-        self.handles.add_file(FileHandle { ino, file, backing })
+    pub fn add_handle(&self, ino: u64, opened: Opened, path: &DataPath) -> u64 {
+        let (cached, backing) = match path {
+            DataPath::Cached => (true, None),
+            DataPath::Passthrough(id) | DataPath::Direct(id) => (false, Some(Arc::clone(id))),
+        };
+        self.handles.add_file(FileHandle {
+            ino,
+            file: RwLock::new(opened.file),
+            on_lower: AtomicBool::new(!opened.upper),
+            cached,
+            backing,
+        })
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
@@ -117,10 +140,14 @@ impl UnionFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
+        if h.on_lower.load(Ordering::Relaxed) {
+            self.follow_copy_up(&h)?;
+        }
+        let file = h.file.read();
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -131,22 +158,42 @@ impl UnionFs {
         Ok(buf)
     }
 
+    /// Moves a read-only handle of a lower file to the upper copy once there is one.
+    fn follow_copy_up(&self, h: &FileHandle) -> Result<()> {
+        let inode = self.inode(h.ino)?;
+        let upper = inode.state.read().upper.clone();
+        if let Some(u) = upper {
+            let f = u.open(OFlag::O_RDONLY)?;
+            *h.file.write() = f;
+            h.on_lower.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
-        h.file.write_all_at(data, offset)?;
+        h.file.read().write_all_at(data, offset)?;
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.remove_file(fh);
+        if let Some(h) = self.handles.remove_file(fh) {
+            if let Ok(inode) = self.inode(h.ino) {
+                let mut opens = inode.opens.lock();
+                opens.handles = opens.handles.saturating_sub(1);
+                if h.cached {
+                    opens.cached = opens.cached.saturating_sub(1);
+                }
+            }
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.handle(fh)?;
         if datasync {
-            h.file.sync_data()?;
+            h.file.read().sync_data()?;
         } else {
-            h.file.sync_all()?;
+            h.file.read().sync_all()?;
         }
         Ok(())
     }
@@ -156,7 +203,7 @@ impl UnionFs {
         let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
         let len = i64::try_from(length).map_err(|_| Errno::EINVAL)?;
         nix::fcntl::fallocate(
-            h.file.as_fd(),
+            h.file.read().as_fd(),
             FallocateFlags::from_bits_truncate(mode),
             off,
             len,
@@ -174,7 +221,8 @@ impl UnionFs {
             libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
             _ => return Err(Errno::EINVAL),
         };
-        Ok(nix::unistd::lseek64(h.file.as_fd(), offset, whence)?)
+        let file = h.file.read();
+        Ok(nix::unistd::lseek64(file.as_fd(), offset, whence)?)
     }
 
     pub fn copy_file_range(
@@ -191,9 +239,9 @@ impl UnionFs {
         let mut oo = i64::try_from(off_out).map_err(|_| Errno::EINVAL)?;
         let len = usize::try_from(len.min(u64::from(u32::MAX >> 1))).map_err(|_| Errno::EINVAL)?;
         let n = nix::fcntl::copy_file_range(
-            hi.file.as_fd(),
+            hi.file.read().as_fd(),
             Some(&mut oi),
-            ho.file.as_fd(),
+            ho.file.read().as_fd(),
             Some(&mut oo),
             len,
         )?;

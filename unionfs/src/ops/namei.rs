@@ -176,6 +176,7 @@ impl UnionFs {
             lowers: Vec::new(),
             impure: false,
             unlinked: false,
+            aliases: Vec::new(),
         };
         let inode = self.inodes.get_or_insert(st.st_ino, kind, state);
         let attr = Attr::from_stat(inode.ino, &st, false);
@@ -305,6 +306,7 @@ impl UnionFs {
         };
         let needs_whiteout = has_lower || lower_positive(&self.layers, &p.state.read(), name)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
+        pin_if_open(node)?;
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?, name, dir)?,
             (false, _) => whiteout_at(pu.dir()?, name)?,
@@ -375,11 +377,6 @@ impl UnionFs {
                 match (src.node.is_dir(), d.node.is_dir()) {
                     (true, false) => return Err(Errno::ENOTDIR),
                     (false, true) => return Err(Errno::EISDIR),
-                    (true, true)
-                        if !crate::readdir::is_empty(&self.layers, &d.node.state.read())? =>
-                    {
-                        return Err(Errno::ENOTEMPTY);
-                    }
                     _ => {}
                 }
             }
@@ -387,16 +384,20 @@ impl UnionFs {
             return Err(Errno::ENOENT);
         }
         // Without redirect_dir a directory with lower content cannot move: EXDEV makes
-        // `mv` copy it instead, as on the kernel's overlay.
+        // `mv` copy it instead. The kernel's overlay says so before it looks at the target.
         let has_lower = |n: &Inode| !n.state.read().lowers.is_empty();
         if src.node.is_dir() && has_lower(&src.node) {
             return Err(Errno::EXDEV);
         }
-        if exchange {
-            if let Some(d) = &dst {
-                if d.node.is_dir() && has_lower(&d.node) {
-                    return Err(Errno::EXDEV);
-                }
+        if let Some(d) = &dst {
+            if exchange && d.node.is_dir() && has_lower(&d.node) {
+                return Err(Errno::EXDEV);
+            }
+            if !exchange
+                && d.node.is_dir()
+                && !crate::readdir::is_empty(&self.layers, &d.node.state.read())?
+            {
+                return Err(Errno::ENOTEMPTY);
             }
         }
         let src_had_lower = has_lower(&src.node);
@@ -410,17 +411,26 @@ impl UnionFs {
         }
         let src_whiteout =
             !exchange && (src_had_lower || lower_positive(&self.layers, &p.state.read(), name)?);
-        if !exchange {
-            let dst_lower = match &dst {
-                Some(d) => has_lower(&d.node),
-                None => false,
-            } || lower_positive(&self.layers, &np.state.read(), newname)?;
-            if src.node.is_dir() && dst_lower {
-                crate::sys::fsops::setxattr(&su.xpath(), self.layers.ns.opaque(), b"y", 0)?;
+        // A pure upper directory moved into a merged one becomes opaque, as the kernel
+        // makes it: names below the new place must not show through it.
+        let ns = self.layers.ns;
+        if src.node.is_dir() && has_lower(&np) && !crate::whiteout::has_opaque_xattr(su.dir()?, ns)
+        {
+            crate::sys::fsops::setxattr(&su.xpath(), ns.opaque(), b"y", 0)?;
+        }
+        if let (true, Some(d)) = (exchange, &dst) {
+            let du = d.node.state.read().upper.clone();
+            if let (true, Some(du)) = (d.node.is_dir(), du) {
+                if has_lower(&p) && !crate::whiteout::has_opaque_xattr(du.dir()?, ns) {
+                    crate::sys::fsops::setxattr(&du.xpath(), ns.opaque(), b"y", 0)?;
+                }
             }
+        }
+        if !exchange {
             // An upper directory being replaced may still hold whiteouts; the rename
             // needs it really empty.
             if let Some(d) = &dst {
+                pin_if_open(&d.node)?;
                 if d.node.is_dir() {
                     if let Some(du) = d.node.state.read().upper.clone() {
                         clean_dir(du.dir()?)?;
@@ -428,6 +438,21 @@ impl UnionFs {
                 }
             }
         }
+        // Whether each side carries an origin, read before the names change: the parent it
+        // lands in must then be marked impure.
+        let src_origin = src_had_lower || has_origin(self, &su);
+        let dst_origin = match (&dst, exchange) {
+            (Some(d), true) => {
+                has_lower(&d.node)
+                    || d.node
+                        .state
+                        .read()
+                        .upper
+                        .as_ref()
+                        .is_some_and(|u| has_origin(self, u))
+            }
+            _ => false,
+        };
         let (od, nd) = (pu.dir()?, npu.dir()?);
         if exchange {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
@@ -451,22 +476,11 @@ impl UnionFs {
         } else {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
         }
-        if src_had_lower || has_origin(self, &su) {
+        if src_origin {
             mark_impure(self, &np, &npu)?;
         }
-        if exchange {
-            if let Some(d) = &dst {
-                if has_lower(&d.node)
-                    || d.node
-                        .state
-                        .read()
-                        .upper
-                        .as_ref()
-                        .is_some_and(|u| has_origin(self, u))
-                {
-                    mark_impure(self, &p, &pu)?;
-                }
-            }
+        if dst_origin {
+            mark_impure(self, &p, &pu)?;
         }
         move_node(&src.node, newparent, newname, npu.dir_arc()?);
         if let Some(d) = dst {
@@ -478,6 +492,21 @@ impl UnionFs {
         }
         Ok(())
     }
+}
+
+/// A file still open must stay reachable once its name is gone: hold it by descriptor.
+fn pin_if_open(node: &Inode) -> Result<()> {
+    if node.is_dir() || node.opens.lock().handles == 0 {
+        return Ok(());
+    }
+    let mut st = node.state.write();
+    if let Some(u) = st.upper.as_mut() {
+        if let Loc::At(dir, name) = &u.loc {
+            let fd = open_path(dir.as_fd(), name)?;
+            u.loc = Loc::Fd(Arc::new(fd));
+        }
+    }
+    Ok(())
 }
 
 fn has_origin(fs: &UnionFs, r: &Real) -> bool {
