@@ -180,6 +180,10 @@ impl Layout {
         Ok(MountGuard {
             mnt: self.mnt.clone(),
             mounted: true,
+            daemon_workdir: match target {
+                Target::Unionfs => self.work.clone(),
+                Target::Kernel => None,
+            },
         })
     }
 }
@@ -196,6 +200,9 @@ pub fn is_mountpoint(p: &Path) -> bool {
 pub struct MountGuard {
     mnt: PathBuf,
     mounted: bool,
+    /// The workdir a unionfs daemon holds locked while it runs: once the lock is free
+    /// after the unmount, the daemon has exited (and cleaned its workdir).
+    daemon_workdir: Option<PathBuf>,
 }
 
 impl MountGuard {
@@ -205,6 +212,25 @@ impl MountGuard {
 
     /// `umount`, retrying while busy; `umount -l` as the last resort
     /// (reported as an error).
+    /// Waits until the daemon that served the mount has let go of its workdir.
+    fn wait_daemon_exit(&self) -> Result<(), String> {
+        let Some(w) = &self.daemon_workdir else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let f = std::fs::File::open(w).map_err(|e| format!("open {}: {e}", w.display()))?;
+            match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(_locked) => return Ok(()),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        Err(format!(
+            "the unionfs daemon for {} still runs 10 s after the unmount",
+            self.mnt.display()
+        ))
+    }
+
     pub fn unmount(&mut self) -> Result<(), String> {
         if !self.mounted {
             return Ok(());
@@ -213,7 +239,7 @@ impl MountGuard {
         let mut last = Errno::UnknownErrno;
         for _ in 0..100 {
             match umount(&self.mnt) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.wait_daemon_exit(),
                 Err(Errno::EBUSY) => {
                     last = Errno::EBUSY;
                     std::thread::sleep(Duration::from_millis(20));

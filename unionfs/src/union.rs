@@ -93,6 +93,8 @@ pub struct UnionFs {
     pub handles: Handles,
     pub config: Config,
     tmp_counter: AtomicU64,
+    /// The work directory's whiteout that new whiteouts link to.
+    pub shared_whiteout: parking_lot::Mutex<Option<OsString>>,
     /// Passthrough wanted and not (yet) refused by the kernel.
     passthrough: std::sync::atomic::AtomicBool,
     /// The inode number the root shows (the kernel shows the upper root's).
@@ -158,6 +160,7 @@ impl UnionFs {
             handles: Handles::new(),
             config,
             tmp_counter: AtomicU64::new(1),
+            shared_whiteout: parking_lot::Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(passthrough),
             root_ino,
         })

@@ -101,7 +101,7 @@ fn own(real: &Real, ctx: &Ctx, parent_setgid: bool, obj: &NewObj<'_>) -> Result<
     Ok(())
 }
 
-fn whiteout_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+fn mknod_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, Mode::empty(), 0)?;
     Ok(())
 }
@@ -130,6 +130,34 @@ fn remove_real(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<()> {
 }
 
 impl UnionFs {
+    /// Makes a whiteout as `dir/name`: a new hard link to one shared whiteout in the work
+    /// directory, as the kernel's overlay does, since allocating an inode per deleted
+    /// name is what makes deleting a large lower tree slow. A fresh shared one is made
+    /// when the link count runs out.
+    fn whiteout_at(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let work = self.work_fd()?;
+        let mut shared = self.shared_whiteout.lock();
+        for _ in 0..2 {
+            let wh = match shared.as_ref() {
+                Some(w) => w.clone(),
+                None => {
+                    let w = self.tmp_name();
+                    mknod_whiteout(work, &w)?;
+                    *shared = Some(w.clone());
+                    w
+                }
+            };
+            match nix::unistd::linkat(work, wh.as_os_str(), dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EMLINK | nix::errno::Errno::ENOENT) => *shared = None,
+                Err(nix::errno::Errno::EEXIST) => return Err(Errno::EEXIST),
+                Err(_) => break,
+            }
+        }
+        drop(shared);
+        mknod_whiteout(dir, name)
+    }
+
     fn parent_dir(&self, parent: u64) -> Result<Arc<Inode>> {
         let p = self.inode(parent)?;
         if !p.is_dir() {
@@ -309,11 +337,11 @@ impl UnionFs {
         pin_if_open(node)?;
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?, name, dir)?,
-            (false, _) => whiteout_at(pu.dir()?, name)?,
+            (false, _) => self.whiteout_at(pu.dir()?, name)?,
             (true, true) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
-                whiteout_at(work, &tmp)?;
+                self.whiteout_at(work, &tmp)?;
                 if let Err(e) = nix::fcntl::renameat2(
                     work,
                     tmp.as_os_str(),
@@ -469,7 +497,7 @@ impl UnionFs {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => {
                     nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
-                    whiteout_at(od, name)?;
+                    self.whiteout_at(od, name)?;
                 }
                 Err(e) => return Err(e.into()),
             }
