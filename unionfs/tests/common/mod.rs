@@ -159,3 +159,157 @@ pub fn snapshot(root: &Path) -> Vec<String> {
     walk(root, root, &mut out);
     out
 }
+
+/// One line of /proc/self/mountinfo: the fields the tests look at.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    /// Per-mount options (field 6), e.g. "ro,nosuid,nodev,relatime".
+    pub mount_opts: String,
+    pub fstype: String,
+    pub source: String,
+    pub super_opts: String,
+}
+
+/// Undoes the octal escapes (`\040` etc.) of mountinfo fields.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |a, &c| a * 8 + u32::from(c - b'0'));
+            if let Ok(c) = u8::try_from(v) {
+                out.push(c);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mountinfo() -> Vec<MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_else(|e| panic!("read /proc/self/mountinfo: {e}"));
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape_mountinfo(f.get(4)?)),
+                mount_opts: f.get(5)?.to_string(),
+                fstype: f.get(sep + 1)?.to_string(),
+                source: unescape_mountinfo(f.get(sep + 2)?),
+                super_opts: f.get(sep + 3)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The top-most mount on `mnt`, if any. Only the parent is resolved (never the mount point
+/// itself, which would ask a possibly hung daemon).
+pub fn mount_entry(mnt: &Path) -> Option<MountEntry> {
+    let canon = match (mnt.parent(), mnt.file_name()) {
+        (Some(p), Some(n)) => std::fs::canonicalize(p)
+            .map(|p| p.join(n))
+            .unwrap_or_else(|_| mnt.to_path_buf()),
+        _ => mnt.to_path_buf(),
+    };
+    mountinfo()
+        .into_iter()
+        .rev()
+        .find(|e| e.mount_point == canon)
+}
+
+/// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` with stdout and stderr piped and reads both to EOF, giving up after
+/// `timeout`. Err(reason) when the pipes stay open that long (e.g. a daemon that kept
+/// them); the child itself, if still running then, is killed by its PID.
+pub fn output_with_timeout(
+    cmd: &mut Command,
+    timeout: std::time::Duration,
+) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        let errs = std::thread::spawn(move || {
+            if let Some(p) = err.as_mut() {
+                let _ = p.read_to_end(&mut e);
+            }
+            e
+        });
+        if let Some(p) = out.as_mut() {
+            let _ = p.read_to_end(&mut o);
+        }
+        let e = errs.join().unwrap_or_default();
+        let _ = tx.send((o, e));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok((stdout, stderr)) => {
+            let end = std::time::Instant::now() + timeout;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        return Ok(std::process::Output {
+                            status,
+                            stdout,
+                            stderr,
+                        })
+                    }
+                    Ok(None) if std::time::Instant::now() < end => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!(
+                            "{cmd:?} closed its pipes but did not exit within {timeout:?}"
+                        ));
+                    }
+                    Err(e) => return Err(format!("wait for {cmd:?}: {e}")),
+                }
+            }
+        }
+        Err(_) => {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let status = child.wait();
+            Err(format!(
+                "{cmd:?}: stdout/stderr still open after {timeout:?} (child status {status:?})"
+            ))
+        }
+    }
+}
