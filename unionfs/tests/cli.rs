@@ -534,6 +534,39 @@ fn source_argument_is_ignored() {
     guard.unmount();
 }
 
+/// `mount -t fuse PROG#SOURCE MNT -o ...` goes through mount.fuse3, which runs the daemon
+/// with the source and mount point as arguments and the options after `-o`: the way
+/// /etc/fstab and tools like containers-storage drive fuse-overlayfs.
+#[test]
+fn mount_fuse3_drives_the_daemon() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Scratch::new("cli-mountfuse");
+    s.mkdirs(&["l", "u", "w", "m"]);
+    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
+    let mnt = s.path("m");
+    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let mut guard = Mounted(mnt.clone());
+    let out = std::process::Command::new("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{}#unionfs", bin().display()))
+        .arg(&mnt)
+        .args(["-o", &o])
+        .output()
+        .unwrap_or_else(|e| panic!("run mount: {e}"));
+    assert!(
+        out.status.success(),
+        "mount -t fuse failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_unionfs_mount(&mnt), "not mounted as fuse.unionfs");
+    let want = fs::read(s.path("l/f")).unwrap_or_else(|e| panic!("read l/f: {e}"));
+    let got = fs::read(mnt.join("f")).unwrap_or_else(|e| panic!("read m/f: {e}"));
+    assert_eq!(got, want);
+    guard.unmount();
+}
+
 #[test]
 fn ino_stable_across_copyup_and_remount() {
     if skip_unless_root() {
