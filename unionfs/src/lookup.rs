@@ -200,10 +200,10 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
                 None => u.ino,
             }
         }
-        None => {
-            let (l, _) = &lowers[0];
-            crate::inode::natural_ino(l.ino, layer_fsid(layers, l.layer))
-        }
+        None => match lowers.first() {
+            Some((l, _)) => crate::inode::natural_ino(l.ino, layer_fsid(layers, l.layer)),
+            None => return Ok(None),
+        },
     };
     Ok(Some(Found {
         fix_origin,
