@@ -101,7 +101,8 @@ impl Ops {
     pub fn last(&self) -> &str {
         self.log
             .last()
-            .and_then(|l| l.rsplit_once(" -> ").map(|x| x.1))
+            // the first " -> ": results may contain one (`stat` of a symlink)
+            .and_then(|l| l.split_once(" -> ").map(|x| x.1))
             .unwrap_or("")
     }
 
@@ -383,6 +384,60 @@ impl Ops {
         self.rec(format!("stat_times {}", esc(p)), r)
     }
 
+    /// utimensat(2) with raw timespecs, so `libc::UTIME_NOW` / `libc::UTIME_OMIT`
+    /// can be passed as the nsec of either time (seconds then ignored).
+    pub fn utimens(&mut self, p: impl AsRef<[u8]>, atime: (i64, i64), mtime: (i64, i64)) -> String {
+        let p = p.as_ref();
+        let ts = |(s, n): (i64, i64)| {
+            nix::sys::time::TimeSpec::from(libc::timespec {
+                tv_sec: s as libc::time_t,
+                tv_nsec: n as _,
+            })
+        };
+        let r = ok(nix::sys::stat::utimensat(
+            AT_FDCWD,
+            &self.path(p),
+            &ts(atime),
+            &ts(mtime),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        ));
+        let show = |(s, n): (i64, i64)| match n {
+            libc::UTIME_NOW => "NOW".to_string(),
+            libc::UTIME_OMIT => "OMIT".to_string(),
+            _ => format!("{s}.{n:09}"),
+        };
+        self.rec(
+            format!("utimens {} {} {}", esc(p), show(atime), show(mtime)),
+            r,
+        )
+    }
+
+    /// Like `stat_times`, but a time within 10 minutes of the current time
+    /// is shown as `now` (for UTIME_NOW / implicit updates).
+    pub fn stat_times_now(&mut self, p: impl AsRef<[u8]>) -> String {
+        let p = p.as_ref();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let show = |s: i64, n: i64| {
+            if (s - now).abs() < 600 {
+                "now".to_string()
+            } else {
+                format!("{s}.{n:09}")
+            }
+        };
+        let r = match std::fs::symlink_metadata(self.path(p)) {
+            Err(e) => ioen(e),
+            Ok(m) => format!(
+                "ok mtime={} atime={}",
+                show(m.mtime(), m.mtime_nsec()),
+                show(m.atime(), m.atime_nsec())
+            ),
+        };
+        self.rec(format!("stat_times_now {}", esc(p)), r)
+    }
+
     /// `ok sparse` if fewer than half of the file's bytes are allocated,
     /// `ok dense` otherwise.
     pub fn sparse(&mut self, p: impl AsRef<[u8]>) -> String {
@@ -427,6 +482,39 @@ impl Ops {
             (Err(e), _) | (_, Err(e)) => ioen(e),
         };
         self.rec(format!("same_ino {} {}", esc(a), esc(b)), r)
+    }
+
+    /// Whether st_ino of merged `p` equals st_ino of `lp` inside layer
+    /// directory `layer` (`"l1"`, `"l2"`, .., `"u"`) of this side, read
+    /// directly (not through the mount): `ok same` / `ok different`.
+    pub fn ino_as_layer(
+        &mut self,
+        p: impl AsRef<[u8]>,
+        layer: &str,
+        lp: impl AsRef<[u8]>,
+    ) -> String {
+        let (p, lp) = (p.as_ref(), lp.as_ref());
+        let base = self.root.parent().unwrap_or(&self.root).join(layer);
+        let lpath = if lp.is_empty() {
+            base
+        } else {
+            base.join(OsStr::from_bytes(lp))
+        };
+        let r = match (
+            std::fs::symlink_metadata(self.path(p)),
+            std::fs::symlink_metadata(lpath),
+        ) {
+            (Ok(x), Ok(y)) => format!(
+                "ok {}",
+                if x.ino() == y.ino() {
+                    "same"
+                } else {
+                    "different"
+                }
+            ),
+            (Err(e), _) | (_, Err(e)) => ioen(e),
+        };
+        self.rec(format!("ino_as_layer {} {layer}/{}", esc(p), esc(lp)), r)
     }
 
     /// faccessat(2) with AT_EACCESS (so the thread's fsuid is used).
@@ -538,6 +626,50 @@ impl Ops {
             0,
         ));
         self.rec(format!("mknod_fifo {} {mode:o}", esc(p)), r)
+    }
+
+    /// mknod(2) of a block device.
+    pub fn mknod_block(
+        &mut self,
+        p: impl AsRef<[u8]>,
+        mode: u32,
+        major: u64,
+        minor: u64,
+    ) -> String {
+        let p = p.as_ref();
+        let r = ok(nix::sys::stat::mknod(
+            &self.path(p),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        ));
+        self.rec(
+            format!("mknod_block {} {mode:o} {major}:{minor}", esc(p)),
+            r,
+        )
+    }
+
+    /// mknod(2) of a unix socket node (S_IFSOCK).
+    pub fn mknod_sock(&mut self, p: impl AsRef<[u8]>, mode: u32) -> String {
+        let p = p.as_ref();
+        let r = ok(nix::sys::stat::mknod(
+            &self.path(p),
+            SFlag::S_IFSOCK,
+            Mode::from_bits_truncate(mode),
+            0,
+        ));
+        self.rec(format!("mknod_sock {} {mode:o}", esc(p)), r)
+    }
+
+    /// bind(2) of a unix stream socket to `p` (the socket is then closed;
+    /// the node stays).
+    pub fn bind_unix(&mut self, p: impl AsRef<[u8]>) -> String {
+        let p = p.as_ref();
+        let r = match std::os::unix::net::UnixListener::bind(self.path(p)) {
+            Ok(_) => "ok".into(),
+            Err(e) => ioen(e),
+        };
+        self.rec(format!("bind_unix {}", esc(p)), r)
     }
 
     // ---- xattrs ----------------------------------------------------------------
@@ -698,6 +830,38 @@ impl Ops {
             }
         };
         self.rec(format!("copy_file_range {} {} {len}", esc(s), esc(d)), r)
+    }
+
+    /// copy_file_range(2) of up to `len` bytes from `src`@`soff` to
+    /// `dst`@`doff` (dst opened O_WRONLY without O_CREAT; may be the same
+    /// file as src): `ok <copied>` (one call, no loop).
+    pub fn copy_range_at(
+        &mut self,
+        src: impl AsRef<[u8]>,
+        soff: i64,
+        dst: impl AsRef<[u8]>,
+        doff: i64,
+        len: usize,
+    ) -> String {
+        let (s, d) = (src.as_ref(), dst.as_ref());
+        let r = match (
+            self.open_raw(s, OFlag::O_RDONLY, 0),
+            self.open_raw(d, OFlag::O_WRONLY, 0),
+        ) {
+            (Err(e), _) => format!("open src:{}", en(e)),
+            (_, Err(e)) => format!("open dst:{}", en(e)),
+            (Ok(a), Ok(b)) => {
+                let (mut oi, mut oo) = (soff, doff);
+                match nix::fcntl::copy_file_range(&a, Some(&mut oi), &b, Some(&mut oo), len) {
+                    Ok(n) => format!("ok {n}"),
+                    Err(e) => en(e),
+                }
+            }
+        };
+        self.rec(
+            format!("copy_range_at {}@{soff} {}@{doff} {len}", esc(s), esc(d)),
+            r,
+        )
     }
 
     // ---- context -------------------------------------------------------------------

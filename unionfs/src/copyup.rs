@@ -63,7 +63,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     };
     // The other names of a lower hard link still show the lower file: the kernel must
     // look them up again and get a node of their own.
-    fs.invalidate_names(aliases);
+    crate::union::defer_invalidations(aliases);
     Ok(upper)
 }
 
@@ -88,6 +88,8 @@ fn copy_up_one(
     let pdir = parent_upper.dir_arc()?;
     let tmp = fs.tmp_name();
     let st = src.stat()?;
+    // Renaming the copy in changes the parent's times; the kernel puts them back.
+    let pst = fstat_fd(pdir.as_fd())?;
     let result = build(fs, src, &st, work, &tmp, data).and_then(|fd| {
         nix::fcntl::renameat2(
             work,
@@ -96,6 +98,20 @@ fn copy_up_one(
             name,
             RenameFlags::RENAME_NOREPLACE,
         )?;
+        let (at, mt) = (
+            TimeSpec::new(pst.st_atime, pst.st_atime_nsec),
+            TimeSpec::new(pst.st_mtime, pst.st_mtime_nsec),
+        );
+        let path = crate::sys::fsops::proc_fd_path(pdir.as_fd());
+        if let Err(e) = nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path.as_c_str(),
+            &at,
+            &mt,
+            UtimensatFlags::FollowSymlink,
+        ) {
+            log::warn!("copy-up of {name:?}: cannot restore the parent's times: {e}");
+        }
         // The descriptor still names the object after the rename.
         let ust = fstat_fd(fd.as_fd())?;
         let loc = if lookup::is_dir(&st) {

@@ -249,7 +249,9 @@ impl Filesystem for FuseAdapter {
             mtime: settime(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.fs.setattr(ino.0, a) {
+        let r = self.fs.setattr(ino.0, a);
+        self.fs.flush_invalidations(true);
+        match r {
             Ok(a) => reply.attr(&TTL, &fattr(&a)),
             Err(e) => reply.error(e.into()),
         }
@@ -329,6 +331,7 @@ impl Filesystem for FuseAdapter {
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
         );
+        self.fs.flush_invalidations(false);
     }
 
     fn link(
@@ -343,10 +346,13 @@ impl Filesystem for FuseAdapter {
             reply,
             self.fs.link(ino.0, newparent.0, newname).map(|(_, a)| a),
         );
+        self.fs.flush_invalidations(false);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.fs.open_file(ino.0, flags.0) {
+        let opened = self.fs.open_file(ino.0, flags.0);
+        self.fs.flush_invalidations(true);
+        let opened = match opened {
             Ok(o) => o,
             Err(e) => return reply.error(e.into()),
         };
@@ -581,7 +587,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+        let r = self.fs.setxattr(ino.0, name, value, flags);
+        self.fs.flush_invalidations(true);
+        empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -593,7 +601,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.removexattr(ino.0, name));
+        let r = self.fs.removexattr(ino.0, name);
+        self.fs.flush_invalidations(true);
+        empty(reply, r);
     }
 
     fn create(

@@ -93,10 +93,12 @@ fn is_upper_whiteout(dir: BorrowedFd<'_>, e: &RawEntry) -> bool {
             .unwrap_or(false)
 }
 
-/// The merged listing of a directory node.
-pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
+/// The merged listing of a directory node, and whether any upper entry showed its
+/// origin's inode number (what justifies the directory's impure marker).
+pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
+    let mut origins = false;
     if let Some(u) = &st.upper {
         for e in list_raw(u.dir()?)? {
             if is_upper_whiteout(u.dir()?, &e) {
@@ -108,6 +110,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
             } else {
                 e.ino
             };
+            origins |= ino != e.ino;
             seen.insert(e.name.clone());
             out.push(Entry {
                 name: e.name,
@@ -149,7 +152,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<Vec<Entry>> {
             break;
         }
     }
-    Ok(out)
+    Ok((out, origins))
 }
 
 /// The inode number an upper entry shows: its origin's when it has one.
@@ -163,5 +166,5 @@ fn upper_entry_ino(layers: &Layers, dir: BorrowedFd<'_>, name: &OsStr) -> Option
 
 /// Whether a merged directory shows no entries (whiteouts do not count).
 pub fn is_empty(layers: &Layers, st: &State) -> Result<bool> {
-    Ok(merged(layers, st)?.is_empty())
+    Ok(merged(layers, st)?.0.is_empty())
 }

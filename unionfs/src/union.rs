@@ -79,6 +79,19 @@ impl Attr {
     }
 }
 
+thread_local! {
+    /// Names the request being served on this thread made stale (see `flush_invalidations`).
+    static PENDING: std::cell::RefCell<Vec<(u64, OsString)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Collects names to invalidate once the current request is done with its work.
+pub fn defer_invalidations(names: Vec<(u64, OsString)>) {
+    if !names.is_empty() {
+        PENDING.with(|p| p.borrow_mut().extend(names));
+    }
+}
+
 /// Tells the kernel to forget cached names. The core calls it when a name it handed out
 /// stops meaning what the kernel thinks (a hard link broken by copy-up).
 pub trait Invalidate: Send + Sync {
@@ -280,23 +293,31 @@ impl UnionFs {
         }
     }
 
-    /// Drops cached names in the kernel, from another thread: the request being served
-    /// may hold a lock the kernel needs for it.
-    pub fn invalidate_names(&self, names: Vec<(u64, OsString)>) {
+    /// Sends the name invalidations the current request collected. `sync` when the
+    /// request holds no directory lock the kernel needs to process them (open, setattr,
+    /// xattrs), so they take effect before the reply; otherwise from another thread, as
+    /// the kernel would wait for a lock that the request being served holds.
+    pub fn flush_invalidations(&self, sync: bool) {
+        let names = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
         if names.is_empty() {
             return;
         }
         let inv = Arc::clone(&self.invalidator);
-        let spawned = std::thread::Builder::new()
-            .name("unionfs-inval".into())
-            .spawn(move || {
-                if let Some(i) = inv.get() {
-                    for (parent, name) in names {
-                        i.entry(parent, &name);
-                    }
+        let send = move || {
+            if let Some(i) = inv.get() {
+                for (parent, name) in names {
+                    i.entry(parent, &name);
                 }
-            });
-        if let Err(e) = spawned {
+            }
+        };
+        if sync {
+            send();
+            return;
+        }
+        if let Err(e) = std::thread::Builder::new()
+            .name("unionfs-inval".into())
+            .spawn(send)
+        {
             log::warn!("cannot invalidate cached names: {e}");
         }
     }

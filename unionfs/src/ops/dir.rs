@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::errno::{Errno, Result};
+use crate::inode::Inode;
 use crate::readdir::Entry;
 use crate::union::UnionFs;
 
@@ -21,10 +22,29 @@ impl UnionFs {
         let mut cached = h.entries.lock();
         if offset == 0 || cached.is_none() {
             let inode = self.inode(h.ino)?;
-            let list = crate::readdir::merged(&self.layers, &inode.state.read())?;
+            let (list, origins) = crate::readdir::merged(&self.layers, &inode.state.read())?;
+            self.drop_needless_impure(&inode, origins);
             *cached = Some(Arc::new(list));
         }
         cached.clone().ok_or(Errno::EIO)
+    }
+
+    /// A directory of the upper layer only, marked impure, none of whose entries has an
+    /// origin: the kernel's readdir takes the chance to drop the marker (best effort), so
+    /// both leave the same upper.
+    fn drop_needless_impure(&self, inode: &Inode, origins: bool) {
+        if origins || self.layers.read_only() {
+            return;
+        }
+        let mut st = inode.state.write();
+        if !st.impure || !st.lowers.is_empty() {
+            return;
+        }
+        if let Some(u) = &st.upper {
+            if crate::sys::fsops::removexattr(&u.xpath(), self.layers.ns.impure()).is_ok() {
+                st.impure = false;
+            }
+        }
     }
 
     /// The inode numbers of `.` and `..` in a listing.
