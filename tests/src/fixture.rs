@@ -114,12 +114,28 @@ impl Layout {
 
     /// Mounts the union of this layout on `mnt` with `target`.
     pub fn mount(&self, target: Target) -> Result<MountGuard, String> {
-        let opts = self.options();
+        self.mount_with(target, "")
+    }
+
+    /// Mounts with extra `-o` items, given to both the kernel and unionfs (e.g.
+    /// `userxattr`).
+    pub fn mount_with(&self, target: Target, extra: &str) -> Result<MountGuard, String> {
+        let mut opts = self.options();
+        if !extra.is_empty() {
+            opts = format!("{opts},{extra}");
+        }
         match target {
             Target::Kernel => {
                 // redirect_dir/index/metacopy pinned off: the on-disk format
                 // the daemon implements (and this machine's defaults).
-                let kopts = format!("{opts},redirect_dir=off,index=off,metacopy=off");
+                // With userxattr the kernel takes only redirect_dir=nofollow (which, like
+                // off, neither creates nor follows redirects).
+                let redirect = if opts.contains("userxattr") {
+                    "nofollow"
+                } else {
+                    "off"
+                };
+                let kopts = format!("{opts},redirect_dir={redirect},index=off,metacopy=off");
                 let flags = if self.upper.is_none() {
                     MsFlags::MS_RDONLY
                 } else {

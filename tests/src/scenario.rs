@@ -54,6 +54,8 @@ pub struct Scenario {
     /// The same lower layers in the kernel's own format, for the kernel side, when the
     /// scenario's lowers use a format only unionfs reads (the OCI/AUFS `.wh.` markers).
     pub kernel_lowers: Option<Vec<Tree>>,
+    /// Extra mount options for both sides.
+    pub mount_opts: String,
 }
 
 impl Scenario {
@@ -66,10 +68,16 @@ impl Scenario {
             umask: 0o022,
             mtime_paths: Vec::new(),
             kernel_lowers: None,
+            mount_opts: String::new(),
         }
     }
     /// Gives the kernel side these lower layers instead: the scenario's layers converted
     /// to the kernel's format (whiteouts as 0/0 devices, opaque as an xattr).
+    /// Mounts both sides with these extra `-o` items.
+    pub fn mount_opts(mut self, o: &str) -> Self {
+        self.mount_opts = o.to_string();
+        self
+    }
     pub fn kernel_lowers(mut self, t: Vec<Tree>) -> Self {
         self.kernel_lowers = Some(t);
         self
@@ -134,7 +142,7 @@ impl Scenario {
             ..Default::default()
         };
         let mut guard = layout
-            .mount(target)
+            .mount_with(target, &self.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] side {label}: {e}", self.name));
         let dog = Watchdog::start(&layout.mnt, target, &self.name);
         res.log = run_script(&layout.mnt, reference, self.umask, script);

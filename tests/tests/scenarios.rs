@@ -2585,3 +2585,32 @@ fn unlink_open_upper_file_keeps_data() {
         o.close(fd);
     });
 }
+
+#[test]
+fn userxattr_as_root_keeps_markers_in_user_namespace() {
+    // `-o userxattr`: opaque, origin and impure markers go to user.overlay.*, also as
+    // root; copy-up of a FIFO (which cannot carry user.* xattrs) still works.
+    let lower = Tree::new()
+        .file("d/a", 0o644, "a")
+        .file("d/b", 0o644, "b")
+        .dir("e", 0o755)
+        .file("e/x", 0o644, "x")
+        .fifo("p", 0o644);
+    Scenario::new("userxattr_as_root_keeps_markers_in_user_namespace")
+        .lower(lower)
+        .mount_opts("userxattr")
+        .run(|o| {
+            o.write("d/a", "changed");
+            o.unlink("d/b");
+            o.want("ok");
+            o.unlink("e/x");
+            o.rmdir("e");
+            o.want("ok");
+            o.mkdir("e", 0o755);
+            o.want("ok");
+            o.readdir("e");
+            o.chmod("p", 0o600);
+            o.want("ok");
+            o.readdir("d");
+        });
+}

@@ -198,7 +198,13 @@ fn build(
     if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
         let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
         if let Some(origin) = src.handle().and_then(|h| crate::origin::encode(h, &uuid)) {
-            crate::sys::fsops::setxattr(&dst, fs.layers.ns.origin(), &origin, 0)?;
+            match crate::sys::fsops::setxattr(&dst, fs.layers.ns.origin(), &origin, 0) {
+                Ok(()) => {}
+                // user.* xattrs are refused on special files (userxattr): the copy then
+                // goes without an origin, its inode number the upper one.
+                Err(e) if crate::sys::fsops::is_no_xattr(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     set_owner_mode_times(fd.as_fd(), work, tmp, st)?;
