@@ -176,6 +176,55 @@ impl FuseAdapter {
     }
 }
 
+/// A directory listing from some offset on, `.` and `..` first.
+struct Listing {
+    entries: Arc<Vec<crate::readdir::Entry>>,
+    dots: [u64; 2],
+    offset: u64,
+}
+
+/// One entry to send: `next` is the offset the kernel asks for to continue after it.
+struct Item<'a> {
+    ino: u64,
+    next: u64,
+    kind: FileType,
+    name: &'a OsStr,
+    dot: bool,
+}
+
+impl Listing {
+    fn iter(&self) -> impl Iterator<Item = Item<'_>> {
+        let dots = (0..2u64).map(|i| Item {
+            ino: self.dots[i as usize & 1],
+            next: i + 1,
+            kind: FileType::Directory,
+            name: OsStr::new(if i == 0 { "." } else { ".." }),
+            dot: true,
+        });
+        let entries = self.entries.iter().enumerate().map(|(i, e)| Item {
+            ino: e.ino,
+            next: i as u64 + 3,
+            kind: dtype(e.dtype),
+            name: &e.name,
+            dot: false,
+        });
+        dots.chain(entries)
+            .skip(usize::try_from(self.offset).unwrap_or(usize::MAX))
+    }
+}
+
+impl FuseAdapter {
+    fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing, Errno> {
+        let entries = self.fs.dir_entries(fh.0, offset)?;
+        let (dot, dotdot) = self.fs.dot_inos(ino.0)?;
+        Ok(Listing {
+            entries,
+            dots: [dot, dotdot],
+            offset,
+        })
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [
@@ -462,24 +511,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (entries, (dot, dotdot)) = match self
-            .fs
-            .dir_entries(fh.0, offset)
-            .and_then(|e| Ok((e, self.fs.dot_inos(ino.0)?)))
-        {
+        let items = match self.listing(ino, fh, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e.into()),
         };
-        let mut off = offset;
-        while off < 2 {
-            let (i, n) = if off == 0 { (dot, ".") } else { (dotdot, "..") };
-            if reply.add(INodeNo(i), off + 1, FileType::Directory, n) {
-                return reply.ok();
-            }
-            off += 1;
-        }
-        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 3, dtype(e.dtype), &e.name) {
+        for it in items.iter() {
+            if reply.add(INodeNo(it.ino), it.next, it.kind, it.name) {
                 break;
             }
         }
@@ -494,44 +531,40 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, (dot, dotdot)) = match self
-            .fs
-            .dir_entries(fh.0, offset)
-            .and_then(|e| Ok((e, self.fs.dot_inos(ino.0)?)))
-        {
+        let items = match self.listing(ino, fh, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e.into()),
         };
-        let mut off = offset;
-        while off < 2 {
-            let (i, n) = if off == 0 { (dot, ".") } else { (dotdot, "..") };
-            // The kernel takes no reference for `.` and `..`; their attributes are unused.
-            if reply.add(
-                INodeNo(i),
-                off + 1,
-                n,
-                &Duration::ZERO,
-                &blank_attr(i),
-                Generation(0),
-            ) {
-                return reply.ok();
-            }
-            off += 1;
-        }
-        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            // Each entry sent counts one lookup, as a LOOKUP would.
-            let Ok((node, a)) = self.fs.lookup(ino.0, &e.name) else {
-                continue;
+        for it in items.iter() {
+            let full = if it.dot {
+                // The kernel takes no reference for `.` and `..`; their attributes are unused.
+                reply.add(
+                    INodeNo(it.ino),
+                    it.next,
+                    it.name,
+                    &Duration::ZERO,
+                    &blank_attr(it.ino),
+                    Generation(0),
+                )
+            } else {
+                // Each entry sent counts one lookup, as a LOOKUP would.
+                let Ok((node, a)) = self.fs.lookup(ino.0, it.name) else {
+                    continue;
+                };
+                let full = reply.add(
+                    INodeNo(a.ino),
+                    it.next,
+                    it.name,
+                    &TTL,
+                    &fattr(&a),
+                    Generation(0),
+                );
+                if full {
+                    self.fs.forget(node.ino, 1);
+                }
+                full
             };
-            if reply.add(
-                INodeNo(a.ino),
-                i as u64 + 3,
-                &e.name,
-                &TTL,
-                &fattr(&a),
-                Generation(0),
-            ) {
-                self.fs.forget(node.ino, 1);
+            if full {
                 break;
             }
         }

@@ -726,7 +726,7 @@ pub fn validate(opts: &Options) -> Result<Option<File>, OptionsError> {
 }
 
 /// Undoes the octal escapes (`\040` etc.) the kernel puts in mountinfo fields.
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+pub fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

@@ -68,7 +68,8 @@ impl Drop for Mounted {
     }
 }
 
-pub fn mount_unionfs(lower: &str, upper: &Path, work: &Path, mnt: &Path, extra: &str) -> Mounted {
+/// The `-o` string of a union, the same for the daemon and the kernel's overlay.
+pub fn union_opts(lower: &str, upper: &Path, work: &Path, extra: &str) -> String {
     let mut o = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         upper.display(),
@@ -78,6 +79,11 @@ pub fn mount_unionfs(lower: &str, upper: &Path, work: &Path, mnt: &Path, extra: 
         o.push(',');
         o.push_str(extra);
     }
+    o
+}
+
+pub fn mount_unionfs(lower: &str, upper: &Path, work: &Path, mnt: &Path, extra: &str) -> Mounted {
+    let o = union_opts(lower, upper, work, extra);
     let out = Command::new(bin())
         .arg("-o")
         .arg(&o)
@@ -93,15 +99,7 @@ pub fn mount_unionfs(lower: &str, upper: &Path, work: &Path, mnt: &Path, extra: 
 }
 
 pub fn mount_kernel(lower: &str, upper: &Path, work: &Path, mnt: &Path, extra: &str) -> Mounted {
-    let mut o = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    );
-    if !extra.is_empty() {
-        o.push(',');
-        o.push_str(extra);
-    }
+    let o = union_opts(lower, upper, work, extra);
     nix::mount::mount(
         Some("overlay"),
         mnt,
@@ -171,29 +169,9 @@ pub struct MountEntry {
     pub super_opts: String,
 }
 
-/// Undoes the octal escapes (`\040` etc.) of mountinfo fields.
+/// Undoes the octal escapes (`\040` etc.) of mountinfo fields (the daemon's own parser).
 pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = b[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |a, &c| a * 8 + u32::from(c - b'0'));
-            if let Ok(c) = u8::try_from(v) {
-                out.push(c);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&unionfs::options::unescape_mountinfo(s.as_bytes())).into_owned()
 }
 
 pub fn mountinfo() -> Vec<MountEntry> {
