@@ -164,6 +164,13 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     }));
     config.clone_fd = true;
     let invalidator = std::sync::Arc::clone(&fs.invalidator);
+    // Blocked here, before fuser starts its threads (they inherit the mask), and taken by
+    // one thread of ours: SIGTERM, SIGINT and SIGHUP unmount cleanly instead of killing
+    // the daemon under a live mount.
+    let signals = stop_signals();
+    if let Err(e) = signals.thread_block() {
+        log::warn!("cannot block termination signals: {e}");
+    }
     let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, acl, config) {
         Ok(s) => s,
         Err(e) => {
@@ -172,6 +179,20 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }
     };
     let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
+    let mountpoint = opts.mountpoint.clone();
+    let spawned = std::thread::Builder::new()
+        .name("unionfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                log::warn!("{sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = fuse_mount::unmount(&mountpoint, method) {
+                    log::error!("cannot unmount {}: {e}", mountpoint.display());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no signal handling thread: {e}");
+    }
     if let Some(r) = readiness {
         r.ready();
     }
@@ -186,7 +207,17 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     result.map_err(|e| (format!("session ended with an error: {e}"), None))
 }
 
-/// Every node the kernel holds keeps a descriptor open: allow as many as the hard limit.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Every directory the kernel holds keeps a descriptor open (and so does every open
+/// file): allow as many as the hard limit.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
