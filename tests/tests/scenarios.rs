@@ -2614,3 +2614,22 @@ fn userxattr_as_root_keeps_markers_in_user_namespace() {
             o.readdir("d");
         });
 }
+
+#[test]
+fn device_node_in_union_is_usable() {
+    // A root filesystem needs working device nodes: as root the union is mounted without
+    // nodev, like the kernel's overlay (writing to a copy of /dev/null works; reading it
+    // gives nothing).
+    Scenario::new("device_node_in_union_is_usable")
+        .lower(Tree::new().chardev("lnull", 0o666, 1, 3))
+        .run(|o| {
+            o.mknod_char("null", 0o666, 1, 3);
+            o.want("ok");
+            o.write("null", "discarded");
+            o.want("ok");
+            o.read("null");
+            o.write("lnull", "discarded");
+            o.want("ok");
+            o.read("lnull");
+        });
+}

@@ -126,6 +126,17 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if !opts.kernel_opts.contains(&KernelOpt::DefaultPermissions) {
         kopts.push("default_permissions".into());
     }
+    // As root, like the kernel's overlay, set-id bits and device nodes work (a container's
+    // root filesystem needs both); libfuse's mount turns them off unless told otherwise.
+    // fusermount3 forces them off for unprivileged users anyway.
+    if root {
+        if !opts.kernel_opts.contains(&KernelOpt::NoSuid) {
+            kopts.push("suid".into());
+        }
+        if !opts.kernel_opts.contains(&KernelOpt::NoDev) {
+            kopts.push("dev".into());
+        }
+    }
     // As root, like the kernel's overlay, every user may use the mount.
     if root
         && !opts.kernel_opts.contains(&KernelOpt::AllowOther)
