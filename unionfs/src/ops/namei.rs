@@ -298,7 +298,7 @@ impl UnionFs {
             }
         }
         // The new name must show the same inode number, which comes from the origin.
-        if !src.state.read().lowers.is_empty() {
+        if !src.state.read().lowers.is_empty() || has_origin(self, &su) {
             mark_impure(self, &p, &pu)?;
         }
         src.lookups
