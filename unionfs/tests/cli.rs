@@ -514,11 +514,7 @@ fn source_argument_is_ignored() {
     if skip_unless_root() {
         return;
     }
-    let s = Scratch::new("cli-source");
-    s.mkdirs(&["l", "u", "w", "m"]);
-    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
-    let mnt = s.path("m");
-    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let (s, mnt, o) = one_file_union("cli-source");
     let mut guard = Mounted(mnt.clone());
     let out = run_unionfs(&["-o", &o, "mysource", &mnt.display().to_string()]);
     assert!(
@@ -527,11 +523,26 @@ fn source_argument_is_ignored() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(is_unionfs_mount(&mnt), "not mounted");
+    assert_shows_lower_f(&s, &mnt);
+    guard.unmount();
+}
+
+/// A scratch union with one lower file `f`: the scratch dir, the mount point, `-o`.
+fn one_file_union(tag: &str) -> (Scratch, PathBuf, String) {
+    let s = Scratch::new(tag);
+    s.mkdirs(&["l", "u", "w", "m"]);
+    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
+    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let mnt = s.path("m");
+    (s, mnt, o)
+}
+
+/// The mount point is a unionfs mount showing the lower file `f` as it is.
+fn assert_shows_lower_f(s: &Scratch, mnt: &Path) {
+    assert!(is_unionfs_mount(mnt), "not mounted as fuse.unionfs");
     let want = fs::read(s.path("l/f")).unwrap_or_else(|e| panic!("read l/f: {e}"));
     let got = fs::read(mnt.join("f")).unwrap_or_else(|e| panic!("read m/f: {e}"));
     assert_eq!(got, want);
-    guard.unmount();
 }
 
 /// `mount -t fuse PROG#SOURCE MNT -o ...` goes through mount.fuse3, which runs the daemon
@@ -542,11 +553,7 @@ fn mount_fuse3_drives_the_daemon() {
     if skip_unless_root() {
         return;
     }
-    let s = Scratch::new("cli-mountfuse");
-    s.mkdirs(&["l", "u", "w", "m"]);
-    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
-    let mnt = s.path("m");
-    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let (s, mnt, o) = one_file_union("cli-mountfuse");
     let mut guard = Mounted(mnt.clone());
     let out = std::process::Command::new("mount")
         .args(["-t", "fuse"])
@@ -560,10 +567,7 @@ fn mount_fuse3_drives_the_daemon() {
         "mount -t fuse failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(is_unionfs_mount(&mnt), "not mounted as fuse.unionfs");
-    let want = fs::read(s.path("l/f")).unwrap_or_else(|e| panic!("read l/f: {e}"));
-    let got = fs::read(mnt.join("f")).unwrap_or_else(|e| panic!("read m/f: {e}"));
-    assert_eq!(got, want);
+    assert_shows_lower_f(&s, &mnt);
     guard.unmount();
 }
 
