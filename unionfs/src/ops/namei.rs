@@ -332,7 +332,11 @@ impl UnionFs {
             let st = node.state.read();
             (st.upper.is_some(), !st.lowers.is_empty())
         };
-        let needs_whiteout = has_lower || lower_positive(&self.layers, &p.state.read(), name)?;
+        // Whether a lower layer shows this *name*. A node without an upper object was just
+        // found in a lower layer under it. With an upper object the node's lower part says
+        // nothing about the name (an upper hard link has other names): ask the layers.
+        let needs_whiteout = (has_lower && (!has_upper || dir))
+            || lower_positive(&self.layers, &p.state.read(), name)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         pin_if_open(node)?;
         match (has_upper, needs_whiteout) {
@@ -429,6 +433,7 @@ impl UnionFs {
             }
         }
         let src_had_lower = has_lower(&src.node);
+        let src_had_upper = src.node.state.read().upper.is_some();
         let su = ensure_upper(self, &src.node, Data::Copy)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let npu = ensure_upper(self, &np, Data::Copy)?;
@@ -437,8 +442,10 @@ impl UnionFs {
                 ensure_upper(self, &d.node, Data::Copy)?;
             }
         }
-        let src_whiteout =
-            !exchange && (src_had_lower || lower_positive(&self.layers, &p.state.read(), name)?);
+        // Leave a whiteout where a lower layer shows the old name (see `remove`).
+        let src_whiteout = !exchange
+            && ((src_had_lower && !src_had_upper)
+                || lower_positive(&self.layers, &p.state.read(), name)?);
         // A pure upper directory moved into a merged one becomes opaque, as the kernel
         // makes it: names below the new place must not show through it.
         let ns = self.layers.ns;
