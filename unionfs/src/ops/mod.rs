@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use crate::errno::Result;
 use crate::inode::{Inode, State};
-use crate::layer::Layers;
 use crate::lookup::{probe, Probe};
 use crate::union::UnionFs;
 
@@ -36,7 +35,7 @@ impl Drop for Held<'_> {
 }
 
 /// Whether some lower layer below `parent` shows `name` (so removing it needs a whiteout).
-pub fn lower_positive(_layers: &Layers, parent: &State, name: &OsStr) -> Result<bool> {
+pub fn lower_positive(parent: &State, name: &OsStr) -> Result<bool> {
     for pl in &parent.lowers {
         match probe(pl.dir_arc()?, name, true)? {
             Probe::Found(..) => return Ok(true),

@@ -335,8 +335,8 @@ impl UnionFs {
         // Whether a lower layer shows this *name*. A node without an upper object was just
         // found in a lower layer under it. With an upper object the node's lower part says
         // nothing about the name (an upper hard link has other names): ask the layers.
-        let needs_whiteout = (has_lower && (!has_upper || dir))
-            || lower_positive(&self.layers, &p.state.read(), name)?;
+        let needs_whiteout =
+            (has_lower && (!has_upper || dir)) || lower_positive(&p.state.read(), name)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         pin_if_open(node)?;
         match (has_upper, needs_whiteout) {
@@ -444,8 +444,7 @@ impl UnionFs {
         }
         // Leave a whiteout where a lower layer shows the old name (see `remove`).
         let src_whiteout = !exchange
-            && ((src_had_lower && !src_had_upper)
-                || lower_positive(&self.layers, &p.state.read(), name)?);
+            && ((src_had_lower && !src_had_upper) || lower_positive(&p.state.read(), name)?);
         // A pure upper directory moved into a merged one becomes opaque, as the kernel
         // makes it: names below the new place must not show through it.
         let ns = self.layers.ns;
