@@ -17,6 +17,7 @@ use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
+use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{Inode, LayerRef, Loc, Real};
 use crate::layer::fstat_fd;
@@ -72,7 +73,7 @@ pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
     if dir.state.read().impure {
         return Ok(());
     }
-    crate::sys::fsops::setxattr(&dir_upper.xpath(), fs.layers.ns.impure(), b"y", 0)?;
+    crate::sys::fsops::setxattr(&dir_upper.xpath()?, fs.layers.ns.impure(), b"y", 0)?;
     dir.state.write().impure = true;
     Ok(())
 }
@@ -85,7 +86,8 @@ fn copy_up_one(
     data: Data,
 ) -> Result<Real> {
     let work = fs.work_fd()?;
-    let pdir = parent_upper.dir_arc()?;
+    let pref = parent_upper.dir_ref()?;
+    let pdir = pref.fd()?;
     let tmp = fs.tmp_name();
     let st = src.stat()?;
     // Renaming the copy in changes the parent's times; the kernel puts them back.
@@ -115,9 +117,9 @@ fn copy_up_one(
         // The descriptor still names the object after the rename.
         let ust = fstat_fd(fd.as_fd())?;
         let loc = if lookup::is_dir(&st) {
-            Loc::Fd(Arc::new(fd))
+            Loc::Dir(DirRef::child(pref, name, Some(fd)))
         } else {
-            Loc::At(Arc::clone(pdir), name.to_os_string())
+            Loc::At(Arc::clone(pref), name.to_os_string())
         };
         Ok(Real {
             loc,
@@ -191,13 +193,16 @@ fn build(
         )?,
     }
     let fd = open_path(work, tmp)?;
-    let dst = XPath::at(work, tmp);
-    copy_xattrs(fs, &src.xpath(), &dst)?;
+    let dst = XPath::at(fs.work_arc()?, tmp);
+    copy_xattrs(fs, &src.xpath()?, &dst)?;
     // Without an index the kernel records no origin for a lower hard link: the copy of one
     // name is a file of its own, with the upper inode number.
     if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
         let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
-        if let Some(origin) = src.handle().and_then(|h| crate::origin::encode(h, &uuid)) {
+        if let Some(origin) = src
+            .file_handle()
+            .and_then(|h| crate::origin::encode(h, &uuid))
+        {
             match crate::sys::fsops::setxattr(&dst, fs.layers.ns.origin(), &origin, 0) {
                 Ok(()) => {}
                 // user.* xattrs are refused on special files (userxattr): the copy then

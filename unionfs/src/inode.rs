@@ -21,6 +21,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use parking_lot::{Mutex, RwLock};
 
+use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::sys::fsops::XPath;
 
@@ -35,13 +36,15 @@ pub enum LayerRef {
     Lower(usize),
 }
 
-/// Where a real object is reached: a directory (and an upper object with several names)
-/// is held open with `O_PATH`; any other object is named inside its parent's descriptor, so
-/// that cached files cost no descriptor (the kernel may hold tens of thousands of them).
+/// Where a real object is reached. A directory is a `DirRef` (its descriptor opened on
+/// demand, see `dirfd`); any other object is named inside its parent's `DirRef`, so that
+/// cached files cost no descriptor; an upper object with several names, or an open file
+/// whose name is gone, is held by its own descriptor.
 #[derive(Clone, Debug)]
 pub enum Loc {
+    Dir(Arc<DirRef>),
+    At(Arc<DirRef>, OsString),
     Fd(Arc<OwnedFd>),
-    At(Arc<OwnedFd>, OsString),
 }
 
 /// One real object in one layer.
@@ -53,35 +56,46 @@ pub struct Real {
     pub ino: u64,
 }
 
+/// A descriptor for one use: the object's own, or its parent's with its name.
+enum Handle {
+    Own(Arc<OwnedFd>),
+    In(Arc<OwnedFd>, OsString),
+}
+
 impl Real {
-    /// The descriptor of a directory (or of an object held by descriptor).
-    pub fn dir(&self) -> Result<BorrowedFd<'_>> {
+    /// The `DirRef` of a directory, for naming its children.
+    pub fn dir_ref(&self) -> Result<&Arc<DirRef>> {
         match &self.loc {
-            Loc::Fd(fd) => Ok(fd.as_fd()),
-            Loc::At(..) => Err(Errno::ENOTDIR),
+            Loc::Dir(d) => Ok(d),
+            _ => Err(Errno::ENOTDIR),
         }
     }
 
-    /// The shared descriptor of a directory, for naming its children.
-    pub fn dir_arc(&self) -> Result<&Arc<OwnedFd>> {
-        match &self.loc {
-            Loc::Fd(fd) => Ok(fd),
-            Loc::At(..) => Err(Errno::ENOTDIR),
-        }
+    /// The descriptor of a directory, for `*at` calls inside it.
+    pub fn dir(&self) -> Result<Arc<OwnedFd>> {
+        self.dir_ref()?.fd()
+    }
+
+    fn handle(&self) -> Result<Handle> {
+        Ok(match &self.loc {
+            Loc::Dir(d) => Handle::Own(d.fd()?),
+            Loc::Fd(fd) => Handle::Own(Arc::clone(fd)),
+            Loc::At(d, name) => Handle::In(d.fd()?, name.clone()),
+        })
     }
 
     /// The path through which path-based calls (xattrs) reach the object itself.
-    pub fn xpath(&self) -> XPath {
-        match &self.loc {
-            Loc::Fd(fd) => XPath::fd(fd.as_fd()),
-            Loc::At(dir, name) => XPath::at(dir.as_fd(), name),
-        }
+    pub fn xpath(&self) -> Result<XPath> {
+        Ok(match self.handle()? {
+            Handle::Own(fd) => XPath::fd(fd),
+            Handle::In(dir, name) => XPath::at(dir, &name),
+        })
     }
 
     pub fn stat(&self) -> Result<FileStat> {
-        Ok(match &self.loc {
-            Loc::Fd(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
-            Loc::At(dir, name) => {
+        Ok(match self.handle()? {
+            Handle::Own(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
+            Handle::In(dir, name) => {
                 fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?
             }
         })
@@ -90,12 +104,12 @@ impl Real {
     /// Opens the object for I/O.
     pub fn open(&self, flags: OFlag) -> Result<File> {
         let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-        let fd = match &self.loc {
-            Loc::Fd(fd) => {
+        let fd = match self.handle()? {
+            Handle::Own(fd) => {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::fcntl::open(path.as_c_str(), flags - OFlag::O_NOFOLLOW, Mode::empty())?
             }
-            Loc::At(dir, name) => {
+            Handle::In(dir, name) => {
                 nix::fcntl::openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty())?
             }
         };
@@ -103,17 +117,19 @@ impl Real {
     }
 
     pub fn readlink(&self) -> Result<OsString> {
-        Ok(match &self.loc {
-            Loc::Fd(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
-            Loc::At(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), name.as_os_str())?,
+        Ok(match self.handle()? {
+            Handle::Own(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
+            Handle::In(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), name.as_os_str())?,
         })
     }
 
     pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
         let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
-        match &self.loc {
-            Loc::Fd(fd) => nix::unistd::fchownat(fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?,
-            Loc::At(dir, name) => nix::unistd::fchownat(
+        match self.handle()? {
+            Handle::Own(fd) => {
+                nix::unistd::fchownat(fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?
+            }
+            Handle::In(dir, name) => nix::unistd::fchownat(
                 dir.as_fd(),
                 name.as_os_str(),
                 uid,
@@ -127,8 +143,8 @@ impl Real {
     /// chmod; never called on symlinks (which have no mode of their own).
     pub fn chmod(&self, mode: u32) -> Result<()> {
         let mode = Mode::from_bits_truncate(mode & 0o7777);
-        match &self.loc {
-            Loc::Fd(fd) => {
+        match self.handle()? {
+            Handle::Own(fd) => {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::sys::stat::fchmodat(
                     nix::fcntl::AT_FDCWD,
@@ -137,7 +153,7 @@ impl Real {
                     FchmodatFlags::FollowSymlink,
                 )?
             }
-            Loc::At(dir, name) => nix::sys::stat::fchmodat(
+            Handle::In(dir, name) => nix::sys::stat::fchmodat(
                 dir.as_fd(),
                 name.as_os_str(),
                 mode,
@@ -149,8 +165,8 @@ impl Real {
 
     /// utimensat without following a symlink.
     pub fn utimens(&self, atime: &TimeSpec, mtime: &TimeSpec) -> Result<()> {
-        match &self.loc {
-            Loc::Fd(fd) => {
+        match self.handle()? {
+            Handle::Own(fd) => {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::sys::stat::utimensat(
                     nix::fcntl::AT_FDCWD,
@@ -160,7 +176,7 @@ impl Real {
                     UtimensatFlags::FollowSymlink,
                 )?
             }
-            Loc::At(dir, name) => nix::sys::stat::utimensat(
+            Handle::In(dir, name) => nix::sys::stat::utimensat(
                 dir.as_fd(),
                 name.as_os_str(),
                 atime,
@@ -173,8 +189,8 @@ impl Real {
 
     /// A new hard link `dir/name` to this object.
     pub fn link_to(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        match &self.loc {
-            Loc::Fd(fd) => {
+        match self.handle()? {
+            Handle::Own(fd) => {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::unistd::linkat(
                     nix::fcntl::AT_FDCWD,
@@ -184,7 +200,7 @@ impl Real {
                     AtFlags::AT_SYMLINK_FOLLOW,
                 )?
             }
-            Loc::At(d, n) => {
+            Handle::In(d, n) => {
                 nix::unistd::linkat(d.as_fd(), n.as_os_str(), dir, name, AtFlags::empty())?
             }
         }
@@ -192,15 +208,29 @@ impl Real {
     }
 
     /// The file handle `name_to_handle_at` gives for the object.
-    pub fn handle(&self) -> Option<(i32, Vec<u8>)> {
-        let r = match &self.loc {
-            Loc::Fd(fd) => crate::sys::fsops::name_to_handle(fd.as_fd(), &CString::default()),
-            Loc::At(dir, name) => {
+    pub fn file_handle(&self) -> Option<(i32, Vec<u8>)> {
+        let r = match self.handle().ok()? {
+            Handle::Own(fd) => crate::sys::fsops::name_to_handle(fd.as_fd(), &CString::default()),
+            Handle::In(dir, name) => {
                 let n = CString::new(name.as_bytes()).ok()?;
                 crate::sys::fsops::name_to_handle(dir.as_fd(), &n)
             }
         };
         r.ok()
+    }
+
+    /// Holds the object by its own descriptor from now on (see `Loc::Fd`).
+    pub fn pin(&mut self) -> Result<()> {
+        if let Loc::At(dir, name) = &self.loc {
+            let fd = nix::fcntl::openat(
+                dir.fd()?.as_fd(),
+                name.as_os_str(),
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            self.loc = Loc::Fd(Arc::new(fd));
+        }
+        Ok(())
     }
 }
 

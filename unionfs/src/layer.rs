@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
@@ -55,7 +56,7 @@ impl XattrNs {
 #[derive(Debug)]
 pub struct Layer {
     pub path: PathBuf,
-    pub root: OwnedFd,
+    pub root: Arc<OwnedFd>,
     pub dev: u64,
     /// Index of the layer's filesystem among the layers' distinct filesystems; 0 is the
     /// upper's. It goes into the high bits of inode numbers, as the kernel's `xino` does.
@@ -76,7 +77,7 @@ pub struct Layers {
     /// Top-down: `lowers[0]` is the topmost lower layer.
     pub lowers: Vec<Layer>,
     /// `workdir/work`, where copy-ups and whiteouts are built before they are renamed in.
-    pub work: Option<OwnedFd>,
+    pub work: Option<Arc<OwnedFd>>,
     pub ns: XattrNs,
 }
 
@@ -112,7 +113,7 @@ impl Layers {
             }
         };
         let mut make = |path: &Path| -> Result<Layer> {
-            let root = open_dir_path(path)?;
+            let root = Arc::new(open_dir_path(path)?);
             let st = fstat_fd(root.as_fd())?;
             let dev = st.st_dev;
             let uuid = crate::sys::fsops::fs_uuid(root.as_fd());
@@ -133,7 +134,7 @@ impl Layers {
                 if let (true, Some(u)) = (new, &upper) {
                     init_uuid(u, ns)?;
                 }
-                Some(work)
+                Some(Arc::new(work))
             }
             None => None,
         };
@@ -153,7 +154,7 @@ impl Layers {
 /// On the first mount of a new overlay the kernel gives the upper root a random UUID
 /// (`*.overlay.uuid`, the `uuid=auto` default); we do the same so both write the same upper.
 fn init_uuid(upper: &Layer, ns: XattrNs) -> Result<()> {
-    let x = crate::sys::fsops::XPath::fd(upper.fd());
+    let x = crate::sys::fsops::XPath::fd(Arc::clone(&upper.root));
     if crate::sys::fsops::getxattr_vec(&x, ns.uuid())?.is_some() {
         return Ok(());
     }

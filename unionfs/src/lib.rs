@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod copyup;
+pub mod dirfd;
 pub mod errno;
 pub mod fs;
 pub mod handle;

@@ -3,13 +3,14 @@
 //! directories merge until an opaque one.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use nix::errno::Errno as NixErrno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 
+use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{LayerRef, Loc, Real, State};
 use crate::layer::Layers;
@@ -25,10 +26,11 @@ pub enum Probe {
 /// Looks `name` up in one layer directory. `image_layer` turns on the AUFS markers, which
 /// only lower layers can carry. A directory found is held open; anything else is named in
 /// its parent, which costs no descriptor.
-pub fn probe(dir: &Arc<OwnedFd>, name: &OsStr, image_layer: bool) -> Result<Probe> {
+pub fn probe(dref: &Arc<DirRef>, name: &OsStr, image_layer: bool) -> Result<Probe> {
     if image_layer && whiteout::is_aufs_name(name) {
         return Ok(Probe::Missing);
     }
+    let dir = dref.fd()?;
     let st = match nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(NixErrno::ENOENT) => {
@@ -59,10 +61,13 @@ pub fn probe(dir: &Arc<OwnedFd>, name: &OsStr, image_layer: bool) -> Result<Prob
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        return Ok(Probe::Found(Loc::Fd(Arc::new(fd)), st));
+        return Ok(Probe::Found(
+            Loc::Dir(DirRef::child(dref, name, Some(fd))),
+            st,
+        ));
     }
     Ok(Probe::Found(
-        Loc::At(Arc::clone(dir), name.to_os_string()),
+        Loc::At(Arc::clone(dref), name.to_os_string()),
         st,
     ))
 }
@@ -109,14 +114,15 @@ fn real(loc: Loc, st: &FileStat, layer: LayerRef) -> Real {
 }
 
 /// Whether a lower directory is opaque: the overlay xattr, or an AUFS opaque marker in it.
-fn lower_dir_opaque(layers: &Layers, fd: BorrowedFd<'_>) -> bool {
-    whiteout::has_opaque_xattr(fd, layers.ns)
+fn lower_dir_opaque(layers: &Layers, dir: &Real) -> Result<bool> {
+    let fd = dir.dir()?;
+    Ok(whiteout::has_opaque_xattr(&dir.xpath()?, layers.ns)
         || nix::sys::stat::fstatat(
-            fd,
+            fd.as_fd(),
             OsStr::new(std::str::from_utf8(whiteout::AUFS_OPAQUE).unwrap_or(".wh..wh..opq")),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .is_ok()
+        .is_ok())
 }
 
 /// Resolves `name` in the merged directory `parent`.
@@ -127,12 +133,12 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
     let mut upper: Option<(Real, FileStat)> = None;
     let mut opaque = false;
     if let Some(pu) = &parent.upper {
-        match probe(pu.dir_arc()?, name, false)? {
+        match probe(pu.dir_ref()?, name, false)? {
             Probe::Whiteout => return Ok(None),
             Probe::Missing => {}
             Probe::Found(loc, st) => {
                 let r = real(loc, &st, LayerRef::Upper);
-                opaque = !is_dir(&st) || whiteout::has_opaque_xattr(r.dir()?, layers.ns);
+                opaque = !is_dir(&st) || whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
                 upper = Some((r, st));
             }
         }
@@ -143,7 +149,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
             let LayerRef::Lower(idx) = pl.layer else {
                 continue;
             };
-            match probe(pl.dir_arc()?, name, true)? {
+            match probe(pl.dir_ref()?, name, true)? {
                 Probe::Missing => continue,
                 Probe::Whiteout => break,
                 Probe::Found(loc, st) => {
@@ -155,7 +161,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
                         }
                         break;
                     }
-                    let stop = lower_dir_opaque(layers, r.dir()?);
+                    let stop = lower_dir_opaque(layers, &r)?;
                     lowers.push((r, st));
                     if stop {
                         break;
@@ -175,7 +181,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
             // Only a copy-up or a rename records an origin, and both mark the parent
             // impure: a pure parent spares us the xattr read.
             let record = if parent.impure || kind == libc::S_IFDIR {
-                crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.origin())
+                crate::sys::fsops::getxattr_vec(&u.xpath()?, layers.ns.origin())
                     .ok()
                     .flatten()
             } else {
@@ -190,7 +196,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
                 _ => None,
             };
             if kind == libc::S_IFDIR {
-                impure = crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.impure())
+                impure = crate::sys::fsops::getxattr_vec(&u.xpath()?, layers.ns.impure())
                     .ok()
                     .flatten()
                     .is_some();

@@ -112,6 +112,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     let config = Config {
         volatile: opts.volatile,
         passthrough: opts.passthrough.unwrap_or(root),
+        dir_fd_budget: 0,
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

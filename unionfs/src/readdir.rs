@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
@@ -100,13 +101,14 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
     let mut out = Vec::new();
     let mut origins = false;
     if let Some(u) = &st.upper {
-        for e in list_raw(u.dir()?)? {
-            if is_upper_whiteout(u.dir()?, &e) {
+        let ufd = u.dir()?;
+        for e in list_raw(ufd.as_fd())? {
+            if is_upper_whiteout(ufd.as_fd(), &e) {
                 seen.insert(e.name);
                 continue;
             }
             let ino = if st.impure {
-                upper_entry_ino(layers, u.dir()?, &e.name).unwrap_or(e.ino)
+                upper_entry_ino(layers, &ufd, &e.name).unwrap_or(e.ino)
             } else {
                 e.ino
             };
@@ -121,7 +123,8 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
     }
     for l in &st.lowers {
         let fsid = layer_fsid(layers, l.layer);
-        let entries = list_raw(l.dir()?)?;
+        let lfd = l.dir()?;
+        let entries = list_raw(lfd.as_fd())?;
         let mut opaque = false;
         // Markers first: they hide names in this layer's siblings below, never above.
         let mut hidden: Vec<OsString> = Vec::new();
@@ -136,7 +139,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
             if whiteout::is_aufs_name(&e.name) || seen.contains(&e.name) {
                 continue;
             }
-            if e.dtype == Some(Type::CharacterDevice) && is_upper_whiteout(l.dir()?, &e) {
+            if e.dtype == Some(Type::CharacterDevice) && is_upper_whiteout(lfd.as_fd(), &e) {
                 seen.insert(e.name);
                 continue;
             }
@@ -156,8 +159,8 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
 }
 
 /// The inode number an upper entry shows: its origin's when it has one.
-fn upper_entry_ino(layers: &Layers, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
-    let x = crate::sys::fsops::XPath::at(dir, name);
+fn upper_entry_ino(layers: &Layers, dir: &Arc<OwnedFd>, name: &OsStr) -> Option<u64> {
+    let x = crate::sys::fsops::XPath::at(Arc::clone(dir), name);
     let v = crate::sys::fsops::getxattr_vec(&x, layers.ns.origin()).ok()??;
     let ino = crate::origin::decode_ino(&v)?;
     let fsid = layers.lowers.first().map_or(0, |l| l.fsid);

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode};
 
+use crate::dirfd::{DirCache, DirRef};
 use crate::errno::{Errno, Result};
 use crate::handle::Handles;
 use crate::inode::{Inode, InodeTable, LayerRef, Loc, Real, State, ROOT};
@@ -30,6 +31,8 @@ pub struct Config {
     pub volatile: bool,
     /// Hand file data to the kernel (FUSE passthrough) when possible.
     pub passthrough: bool,
+    /// How many directory descriptors to keep open; 0: three quarters of the file limit.
+    pub dir_fd_budget: usize,
 }
 
 /// Attributes as the union shows them.
@@ -118,6 +121,16 @@ impl UnionFs {
     pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
         let inodes = InodeTable::new();
         let passthrough = config.passthrough;
+        let dirs = DirCache::new(dir_budget(config.dir_fd_budget));
+        let root_of = |fd: OwnedFd, layer: LayerRef| -> Result<Real> {
+            let st = fstat_fd(fd.as_fd())?;
+            Ok(Real {
+                loc: Loc::Dir(DirRef::root(fd, &dirs)),
+                layer,
+                dev: st.st_dev,
+                ino: st.st_ino,
+            })
+        };
         let upper = match &layers.upper {
             Some(u) => {
                 let fd = nix::fcntl::openat(
@@ -126,13 +139,13 @@ impl UnionFs {
                     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )?;
-                Some(real_of(fd, LayerRef::Upper)?)
+                Some(root_of(fd, LayerRef::Upper)?)
             }
             None => None,
         };
         let opaque = upper.as_ref().is_some_and(|u| {
-            u.dir()
-                .is_ok_and(|d| crate::whiteout::has_opaque_xattr(d, layers.ns))
+            u.xpath()
+                .is_ok_and(|x| crate::whiteout::has_opaque_xattr(&x, layers.ns))
         });
         let mut lowers = Vec::new();
         if !opaque {
@@ -143,16 +156,18 @@ impl UnionFs {
                     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )?;
-                let stop = crate::whiteout::has_opaque_xattr(fd.as_fd(), layers.ns);
-                lowers.push(real_of(fd, LayerRef::Lower(i))?);
+                let r = root_of(fd, LayerRef::Lower(i))?;
+                let stop = crate::whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
+                lowers.push(r);
                 if stop {
                     break;
                 }
             }
         }
         let impure = upper.as_ref().is_some_and(|u| {
-            crate::sys::fsops::getxattr_vec(&u.xpath(), layers.ns.impure())
+            u.xpath()
                 .ok()
+                .and_then(|x| crate::sys::fsops::getxattr_vec(&x, layers.ns.impure()).ok())
                 .flatten()
                 .is_some()
         });
@@ -205,6 +220,10 @@ impl UnionFs {
             .as_ref()
             .map(|l| l.fd())
             .ok_or(Errno::EROFS)
+    }
+
+    pub fn work_arc(&self) -> Result<Arc<OwnedFd>> {
+        self.layers.work.clone().ok_or(Errno::EROFS)
     }
 
     pub fn work_fd(&self) -> Result<BorrowedFd<'_>> {
@@ -276,16 +295,26 @@ impl UnionFs {
             return;
         };
         let uuid = self.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
-        let Some(record) = l.handle().and_then(|h| crate::origin::encode(h, &uuid)) else {
+        let Some(record) = l
+            .file_handle()
+            .and_then(|h| crate::origin::encode(h, &uuid))
+        else {
             return;
         };
-        let set = crate::sys::fsops::setxattr(&u.xpath(), self.layers.ns.origin(), &record, 0);
+        let set = u.xpath().and_then(|x| {
+            Ok(crate::sys::fsops::setxattr(
+                &x,
+                self.layers.ns.origin(),
+                &record,
+                0,
+            )?)
+        });
         let pu = parent.state.read().upper.clone();
         let marked = match (&set, pu) {
             (Ok(()), Some(pu)) => crate::copyup::mark_impure(self, parent, &pu),
             _ => Ok(()),
         };
-        if let Err(e) = set.map_err(Errno::from).and(marked) {
+        if let Err(e) = set.and(marked) {
             log::warn!(
                 "cannot record the origin of merged directory {:?}: {e}",
                 found.st.st_ino
@@ -327,13 +356,14 @@ impl UnionFs {
     }
 }
 
-/// A `Real` for a freshly opened upper or lower object.
-pub fn real_of(fd: OwnedFd, layer: LayerRef) -> Result<Real> {
-    let st = fstat_fd(fd.as_fd())?;
-    Ok(Real {
-        loc: Loc::Fd(Arc::new(fd)),
-        layer,
-        dev: st.st_dev,
-        ino: st.st_ino,
-    })
+/// Directory descriptors to keep: three quarters of the file limit (the rest is for open
+/// files and the descriptors held by the layers and the FUSE channels).
+fn dir_budget(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    (soft / 4 * 3).saturating_sub(64).max(64)
 }

@@ -3,7 +3,6 @@
 //! container image layers use, which we read in lower layers but never write.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::sys::stat::{FileStat, SFlag};
@@ -19,10 +18,10 @@ pub fn is_whiteout(st: &FileStat) -> bool {
 }
 
 /// Whether a directory carries the opaque marker xattr with value "y".
-pub fn has_opaque_xattr(dir: BorrowedFd<'_>, ns: XattrNs) -> bool {
+pub fn has_opaque_xattr(dir: &crate::sys::fsops::XPath, ns: XattrNs) -> bool {
     let mut buf = [0u8; 2];
     matches!(
-        crate::sys::fsops::getxattr(&crate::sys::fsops::XPath::fd(dir), ns.opaque(), &mut buf),
+        crate::sys::fsops::getxattr(dir, ns.opaque(), &mut buf),
         Ok(1) if buf[0] == b'y'
     )
 }

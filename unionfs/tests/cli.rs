@@ -920,3 +920,70 @@ fn killed_during_copyup_leaves_no_partial_file() {
     assert_eq!(through, lower_len);
     again.unmount();
 }
+
+/// More directories than the daemon may hold descriptors for: it keeps a bounded cache
+/// of directory descriptors and reopens through the parents, so walking, creating,
+/// renaming and removing still work everywhere.
+#[test]
+fn many_directories_within_a_small_fd_limit() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Scratch::new("cli-fdlimit");
+    s.mkdirs(&["l", "u", "w", "m"]);
+    for i in 0..40 {
+        for j in 0..25 {
+            fs::create_dir_all(s.path(&format!("l/d{i}/e{j}")))
+                .unwrap_or_else(|e| panic!("mkdir: {e}"));
+        }
+        fs::write(s.path(&format!("l/d{i}/f")), format!("{i}"))
+            .unwrap_or_else(|e| panic!("write: {e}"));
+    }
+    let mnt = s.path("m");
+    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let mut guard = Mounted(mnt.clone());
+    // 256 descriptors at most: fewer than the 1,041 directories.
+    let out = run_tool(
+        "prlimit",
+        &[
+            "--nofile=256:256",
+            "--",
+            &bin().display().to_string(),
+            "-o",
+            &o,
+            &mnt.display().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut dirs = 0;
+    let mut stack = vec![mnt.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("readdir {}: {e}", d.display())) {
+            let e = e.unwrap_or_else(|e| panic!("entry in {}: {e}", d.display()));
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs += 1;
+                stack.push(e.path());
+            }
+        }
+    }
+    assert_eq!(dirs, 40 * 26, "directories seen through the mount");
+    // Changes deep in directories whose descriptors were closed in between.
+    for i in 0..40 {
+        let d = mnt.join(format!("d{i}"));
+        fs::write(d.join("e3/new"), "n").unwrap_or_else(|e| panic!("create in d{i}: {e}"));
+        fs::rename(d.join("e3/new"), d.join("e4/moved"))
+            .unwrap_or_else(|e| panic!("rename in d{i}: {e}"));
+        let got = fs::read_to_string(d.join("f")).unwrap_or_else(|e| panic!("read d{i}/f: {e}"));
+        assert_eq!(got, format!("{i}"));
+        fs::remove_dir(d.join("e5")).unwrap_or_else(|e| panic!("rmdir d{i}/e5: {e}"));
+    }
+    for i in 0..40 {
+        assert!(mnt.join(format!("d{i}/e4/moved")).exists());
+        assert!(!mnt.join(format!("d{i}/e5")).exists());
+    }
+    guard.unmount();
+}

@@ -41,7 +41,10 @@ impl UnionFs {
             return;
         }
         if let Some(u) = &st.upper {
-            if crate::sys::fsops::removexattr(&u.xpath(), self.layers.ns.impure()).is_ok() {
+            let removed = u
+                .xpath()
+                .is_ok_and(|x| crate::sys::fsops::removexattr(&x, self.layers.ns.impure()).is_ok());
+            if removed {
                 st.impure = false;
             }
         }

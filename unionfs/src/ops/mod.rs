@@ -37,7 +37,7 @@ impl Drop for Held<'_> {
 /// Whether some lower layer below `parent` shows `name` (so removing it needs a whiteout).
 pub fn lower_positive(parent: &State, name: &OsStr) -> Result<bool> {
     for pl in &parent.lowers {
-        match probe(pl.dir_arc()?, name, true)? {
+        match probe(pl.dir_ref()?, name, true)? {
             Probe::Found(..) => return Ok(true),
             Probe::Whiteout => return Ok(false),
             Probe::Missing => {}

@@ -12,11 +12,12 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
 use crate::copyup::{ensure_upper, mark_impure, open_path, Data};
+use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{Inode, LayerRef, Loc, Real, State};
 use crate::layer::{clean_dir, fstat_fd};
 use crate::ops::{lower_positive, Held};
-use crate::union::{real_of, Attr, Ctx, UnionFs};
+use crate::union::{Attr, Ctx, UnionFs};
 use crate::whiteout;
 
 /// What to create.
@@ -39,14 +40,24 @@ impl NewObj<'_> {
     }
 }
 
-/// The `Real` of an object just made as `dir/name` in the upper layer.
-fn new_real(dir: &Arc<OwnedFd>, name: &OsStr, is_dir: bool) -> Result<Real> {
-    if is_dir {
-        return real_of(open_path(dir.as_fd(), name)?, LayerRef::Upper);
-    }
-    let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+/// The `Real` of an object just made as `dir/name` in the upper layer; `fd`, when the
+/// caller holds one (`O_PATH`), is the object's.
+fn new_real(dir: &Arc<DirRef>, name: &OsStr, is_dir: bool, fd: Option<OwnedFd>) -> Result<Real> {
+    let st = match &fd {
+        Some(fd) => fstat_fd(fd.as_fd())?,
+        None => nix::sys::stat::fstatat(dir.fd()?.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?,
+    };
+    let loc = if is_dir {
+        let fd = match fd {
+            Some(fd) => fd,
+            None => open_path(dir.fd()?.as_fd(), name)?,
+        };
+        Loc::Dir(DirRef::child(dir, name, Some(fd)))
+    } else {
+        Loc::At(Arc::clone(dir), name.to_os_string())
+    };
     Ok(Real {
-        loc: Loc::At(Arc::clone(dir), name.to_os_string()),
+        loc,
         layer: LayerRef::Upper,
         dev: st.st_dev,
         ino: st.st_ino,
@@ -181,16 +192,17 @@ impl UnionFs {
         }
         let p = self.parent_dir(parent)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
-        let pmode = fstat_fd(pu.dir()?)?.st_mode;
+        let pdir_fd = pu.dir()?;
+        let pmode = fstat_fd(pdir_fd.as_fd())?.st_mode;
         let setgid = pmode & libc::S_ISGID != 0;
-        let pdir = pu.dir_arc()?;
-        let (real, file) = match make(pdir.as_fd(), name, &obj) {
+        let pdir = pu.dir_ref()?;
+        let (real, file) = match make(pdir_fd.as_fd(), name, &obj) {
             Ok(file) => {
-                let real = new_real(pdir, name, obj.is_dir())?;
+                let real = new_real(pdir, name, obj.is_dir(), None)?;
                 own(&real, ctx, setgid, &obj)?;
                 (real, file)
             }
-            Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir.as_fd(), name) => {
+            Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir_fd.as_fd(), name) => {
                 self.create_over_whiteout(ctx, &pu, name, &obj, setgid)?
             }
             Err(e) => return Err(e),
@@ -223,11 +235,19 @@ impl UnionFs {
         setgid: bool,
     ) -> Result<(Real, Option<File>)> {
         let work = self.work_fd()?;
-        let pdir = pu.dir_arc()?;
+        let pref = pu.dir_ref()?;
+        let pdir = pref.fd()?;
         let tmp = self.tmp_name();
         let built = (|| -> Result<(Real, Option<File>)> {
             let file = make(work, &tmp, obj)?;
-            let t = real_of(open_path(work, &tmp)?, LayerRef::Upper)?;
+            let tfd = Arc::new(open_path(work, &tmp)?);
+            let st = fstat_fd(tfd.as_fd())?;
+            let t = Real {
+                loc: Loc::Fd(Arc::clone(&tfd)),
+                layer: LayerRef::Upper,
+                dev: st.st_dev,
+                ino: st.st_ino,
+            };
             own(&t, ctx, false, obj)?;
             if setgid {
                 // Built outside the setgid directory: give it what the directory would have.
@@ -239,18 +259,13 @@ impl UnionFs {
                 }
             }
             let flags = if obj.is_dir() {
-                crate::sys::fsops::setxattr(&t.xpath(), self.layers.ns.opaque(), b"y", 0)?;
+                crate::sys::fsops::setxattr(&t.xpath()?, self.layers.ns.opaque(), b"y", 0)?;
                 RenameFlags::RENAME_EXCHANGE
             } else {
                 RenameFlags::empty()
             };
             nix::fcntl::renameat2(work, tmp.as_os_str(), pdir.as_fd(), name, flags)?;
-            let real = if obj.is_dir() {
-                t
-            } else {
-                new_real(pdir, name, false)?
-            };
-            Ok((real, file))
+            Ok((new_real(pref, name, obj.is_dir(), None)?, file))
         })();
         // After an exchange the whiteout is what sits at the temp name.
         crate::copyup::remove_tmp(work, &tmp);
@@ -267,7 +282,8 @@ impl UnionFs {
         let su = ensure_upper(self, &src, Data::Copy)?;
         let p = self.parent_dir(newparent)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
-        let pdir = pu.dir()?;
+        let pdir_fd = pu.dir()?;
+        let pdir = pdir_fd.as_fd();
         match su.link_to(pdir, newname) {
             Ok(()) => {}
             Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir, newname) => {
@@ -340,8 +356,8 @@ impl UnionFs {
         let pu = ensure_upper(self, &p, Data::Copy)?;
         pin_if_open(node)?;
         match (has_upper, needs_whiteout) {
-            (true, false) => remove_real(pu.dir()?, name, dir)?,
-            (false, _) => self.whiteout_at(pu.dir()?, name)?,
+            (true, false) => remove_real(pu.dir()?.as_fd(), name, dir)?,
+            (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name)?,
             (true, true) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
@@ -349,7 +365,7 @@ impl UnionFs {
                 if let Err(e) = nix::fcntl::renameat2(
                     work,
                     tmp.as_os_str(),
-                    pu.dir()?,
+                    pu.dir()?.as_fd(),
                     name,
                     RenameFlags::RENAME_EXCHANGE,
                 ) {
@@ -448,15 +464,17 @@ impl UnionFs {
         // A pure upper directory moved into a merged one becomes opaque, as the kernel
         // makes it: names below the new place must not show through it.
         let ns = self.layers.ns;
-        if src.node.is_dir() && has_lower(&np) && !crate::whiteout::has_opaque_xattr(su.dir()?, ns)
+        if src.node.is_dir()
+            && has_lower(&np)
+            && !crate::whiteout::has_opaque_xattr(&su.xpath()?, ns)
         {
-            crate::sys::fsops::setxattr(&su.xpath(), ns.opaque(), b"y", 0)?;
+            crate::sys::fsops::setxattr(&su.xpath()?, ns.opaque(), b"y", 0)?;
         }
         if let (true, Some(d)) = (exchange, &dst) {
             let du = d.node.state.read().upper.clone();
             if let (true, Some(du)) = (d.node.is_dir(), du) {
-                if has_lower(&p) && !crate::whiteout::has_opaque_xattr(du.dir()?, ns) {
-                    crate::sys::fsops::setxattr(&du.xpath(), ns.opaque(), b"y", 0)?;
+                if has_lower(&p) && !crate::whiteout::has_opaque_xattr(&du.xpath()?, ns) {
+                    crate::sys::fsops::setxattr(&du.xpath()?, ns.opaque(), b"y", 0)?;
                 }
             }
         }
@@ -467,7 +485,7 @@ impl UnionFs {
                 pin_if_open(&d.node)?;
                 if d.node.is_dir() {
                     if let Some(du) = d.node.state.read().upper.clone() {
-                        clean_dir(du.dir()?)?;
+                        clean_dir(du.dir()?.as_fd())?;
                     }
                 }
             }
@@ -487,7 +505,8 @@ impl UnionFs {
             }
             _ => false,
         };
-        let (od, nd) = (pu.dir()?, npu.dir()?);
+        let (odf, ndf) = (pu.dir()?, npu.dir()?);
+        let (od, nd) = (odf.as_fd(), ndf.as_fd());
         if exchange {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
         } else if src.node.is_dir() && is_upper_whiteout(nd, newname) {
@@ -516,10 +535,10 @@ impl UnionFs {
         if dst_origin {
             mark_impure(self, &p, &pu)?;
         }
-        move_node(&src.node, newparent, newname, npu.dir_arc()?);
+        move_node(&src.node, newparent, newname, npu.dir_ref()?);
         if let Some(d) = dst {
             if exchange {
-                move_node(&d.node, parent, name, pu.dir_arc()?);
+                move_node(&d.node, parent, name, pu.dir_ref()?);
             } else {
                 d.node.state.write().unlinked = true;
             }
@@ -533,30 +552,29 @@ fn pin_if_open(node: &Inode) -> Result<()> {
     if node.is_dir() || node.opens.lock().handles == 0 {
         return Ok(());
     }
-    let mut st = node.state.write();
-    if let Some(u) = st.upper.as_mut() {
-        if let Loc::At(dir, name) = &u.loc {
-            let fd = open_path(dir.as_fd(), name)?;
-            u.loc = Loc::Fd(Arc::new(fd));
-        }
+    if let Some(u) = node.state.write().upper.as_mut() {
+        u.pin()?;
     }
     Ok(())
 }
 
 fn has_origin(fs: &UnionFs, r: &Real) -> bool {
-    crate::sys::fsops::getxattr_vec(&r.xpath(), fs.layers.ns.origin())
+    r.xpath()
         .ok()
+        .and_then(|x| crate::sys::fsops::getxattr_vec(&x, fs.layers.ns.origin()).ok())
         .flatten()
         .is_some()
 }
 
-fn move_node(node: &Inode, parent: u64, name: &OsStr, parent_upper: &Arc<OwnedFd>) {
+fn move_node(node: &Inode, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>) {
     let mut st = node.state.write();
     st.parent = parent;
     st.name = OsString::from(name);
     if let Some(u) = st.upper.as_mut() {
-        if let Loc::At(..) = u.loc {
-            u.loc = Loc::At(Arc::clone(parent_upper), OsString::from(name));
+        match &u.loc {
+            Loc::At(..) => u.loc = Loc::At(Arc::clone(parent_upper), OsString::from(name)),
+            Loc::Dir(d) => d.moved(parent_upper, name),
+            Loc::Fd(_) => {}
         }
     }
     // A moved node is upper only: directories with lower parts never move, and the lower

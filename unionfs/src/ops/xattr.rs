@@ -41,14 +41,14 @@ impl UnionFs {
         let inode = self.inode(ino)?;
         let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let rname = self.real_xattr_name(name);
-        crate::sys::fsops::getxattr_vec(&real.xpath(), &rname)?.ok_or(Errno::ENODATA)
+        crate::sys::fsops::getxattr_vec(&real.xpath()?, &rname)?.ok_or(Errno::ENODATA)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let mut out = Vec::new();
-        for n in crate::sys::fsops::listxattr_names(&real.xpath())? {
+        for n in crate::sys::fsops::listxattr_names(&real.xpath()?)? {
             if let Some(shown) = self.shown_xattr_name(&n) {
                 out.extend_from_slice(&shown);
                 out.push(0);
@@ -62,7 +62,7 @@ impl UnionFs {
         let inode = self.inode(ino)?;
         let upper = ensure_upper(self, &inode, Data::Copy)?;
         let rname = self.real_xattr_name(name);
-        crate::sys::fsops::setxattr(&upper.xpath(), &rname, value, flags)?;
+        crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
         Ok(())
     }
 
@@ -73,12 +73,12 @@ impl UnionFs {
         // Removing what is not there must not copy up.
         {
             let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
-            if crate::sys::fsops::getxattr_vec(&real.xpath(), &rname)?.is_none() {
+            if crate::sys::fsops::getxattr_vec(&real.xpath()?, &rname)?.is_none() {
                 return Err(Errno::ENODATA);
             }
         }
         let upper = ensure_upper(self, &inode, Data::Copy)?;
-        crate::sys::fsops::removexattr(&upper.xpath(), &rname)?;
+        crate::sys::fsops::removexattr(&upper.xpath()?, &rname)?;
         Ok(())
     }
 }

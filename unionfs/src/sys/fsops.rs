@@ -3,8 +3,9 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 fn cstr(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -20,25 +21,29 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 /// How path-based calls (xattrs) name an object: through the magic link of a descriptor
 /// (which leads to the object itself, also a symlink) or as a name inside a directory's
 /// magic link (not followed when it is a symlink).
+/// It keeps the descriptor it names open for as long as it lives.
 pub struct XPath {
     path: CString,
     follow: bool,
+    _fd: Arc<OwnedFd>,
 }
 
 impl XPath {
-    pub fn fd(fd: BorrowedFd<'_>) -> XPath {
+    pub fn fd(fd: Arc<OwnedFd>) -> XPath {
         XPath {
-            path: proc_fd_path(fd),
+            path: proc_fd_path(fd.as_fd()),
             follow: true,
+            _fd: fd,
         }
     }
-    pub fn at(dir: BorrowedFd<'_>, name: &OsStr) -> XPath {
+    pub fn at(dir: Arc<OwnedFd>, name: &OsStr) -> XPath {
         let mut v = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
         v.extend_from_slice(name.as_bytes());
         XPath {
             // A name from the kernel or a directory never holds a NUL byte.
             path: CString::new(v).unwrap_or_default(),
             follow: false,
+            _fd: dir,
         }
     }
 }
