@@ -148,3 +148,69 @@ fusermount3 -u m
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "work dir not clean: {leftovers:?}");
 }
+
+/// With `/dev/fuse` at mode 0600 (as on this machine) the daemon cannot open it as a
+/// user and turns to `fusermount3` rather than giving up (fuser's own mount would). Here
+/// Debian's fusermount3 then fails too, opening the device with the user's rights; the
+/// daemon must report that in one line and leave nothing mounted.
+#[test]
+fn unprivileged_without_device_access_falls_back_to_fusermount3() {
+    if !is_root() {
+        println!("SKIPPED: needs root to create the test user");
+        return;
+    }
+    let dev_mode = std::fs::metadata("/dev/fuse")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap_or(0);
+    if dev_mode & 0o006 == 0o006 {
+        println!("SKIPPED: /dev/fuse is open to every user here (mode {dev_mode:o})");
+        return;
+    }
+    let uid = ensure_user();
+    let s = Scratch::new("unpriv-nodev");
+    s.mkdirs(&["l", "u", "w", "m"]);
+    std::fs::copy(bin(), s.path("unionfs")).unwrap_or_else(|e| panic!("copy bin: {e}"));
+    for p in ["", "l", "u", "w", "m"] {
+        nix::unistd::chown(&s.path(p), Some(nix::unistd::Uid::from_raw(uid)), None)
+            .unwrap_or_else(|e| panic!("chown {p}: {e}"));
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+            "--",
+        ])
+        .arg(s.path("unionfs"))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.path("l").display(),
+            s.path("u").display(),
+            s.path("w").display()
+        ))
+        .arg(s.path("m"))
+        .output()
+        .unwrap_or_else(|e| panic!("setpriv: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .contains(&format!(" {} ", s.path("m").display()));
+    if mounted {
+        let _ = nix::mount::umount2(&s.path("m"), nix::mount::MntFlags::MNT_DETACH);
+    }
+    // Mounted after all (a fusermount3 that opens the device with its own rights): fine.
+    if out.status.success() {
+        assert!(mounted, "exit 0 without a mount");
+        return;
+    }
+    assert!(!mounted, "failed but left a mount");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(
+        lines[0].starts_with("unionfs: ") && lines[0].contains("fusermount3"),
+        "the error should come from the fusermount3 fallback: {err}"
+    );
+}
