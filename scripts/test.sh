@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p unionfs --bins
 cargo test --workspace -- --test-threads=4
-left=$(grep -E ' - (fuse[^ ]*|overlay) ' /proc/self/mountinfo | grep -E '/tmp/|unionfs' || true)
+# The tests mount only under these scratch prefixes (difftests, the daemon's own tests).
+left=$(grep -E ' - (fuse[^ ]*|overlay) ' /proc/self/mountinfo | grep -E ' /tmp/(dt-|unionfs-it-)' || true)
 if [ -n "$left" ]; then
   echo "mounts left behind by the tests:"; echo "$left"; exit 1
 fi
