@@ -1,0 +1,355 @@
+//! `bench`: measures union mounts (unionfs in its configurations, fuse-overlayfs 1.x and 2.0,
+//! unionfs-fuse) side by side with kernel overlay and the plain upper filesystem, in one run.
+//! This file is the command line and the order of the steps; `bench --help` explains all.
+
+#![deny(unsafe_code)]
+
+mod cache;
+mod machine;
+mod measure;
+mod mount;
+mod report;
+mod scratch;
+mod signals;
+mod svg;
+mod targets;
+mod trees;
+mod workloads;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::cache::Cache;
+use crate::machine::Machine;
+use crate::measure::Plan;
+use crate::report::Report;
+use crate::scratch::Scratch;
+use crate::targets::{Locations, Target, BASELINE};
+use crate::trees::{Lowers, Sizes, Tree};
+
+/// Measures union mounts side by side with kernel overlay, in one run (as root).
+///
+/// Every workload runs on every target on a fresh upper directory over the same
+/// generated lower tree; prints a Markdown table (workload x target) on stdout and
+/// progress on stderr.
+#[derive(Parser, Debug)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// Tiny sizes (200 files, a 4 MiB big file), 1 round, no warm-up: shows in seconds that
+    /// every workload runs on every installed target. Not for conclusions.
+    #[arg(long)]
+    quick: bool,
+
+    /// Timed rounds; the reported values are medians over them [default: 5, 1 with --quick].
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+
+    /// Rounds run first and discarded (caches, page allocation, CPU frequency settle)
+    /// [default: 1, 0 with --quick].
+    #[arg(long, value_name = "N")]
+    warmup: Option<usize>,
+
+    /// Only these targets, comma-separated (see the list below). `overlay` is added when
+    /// missing: every ratio is relative to it.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    targets: Vec<String>,
+
+    /// Only these workloads, comma-separated (see the list below).
+    #[arg(long, value_delimiter = ',', value_name = "X,Y")]
+    workloads: Vec<String>,
+
+    /// Where to generate the lower trees and make the uppers (a directory
+    /// unionfs-bench.PID is made in it and removed at the end). Its filesystem is the one
+    /// measured: the upper filesystem. Needs about 3 GiB free for the full run.
+    #[arg(long, value_name = "DIR", default_value = "/tmp")]
+    scratch: PathBuf,
+
+    /// Keep the scratch directory (the generated trees) at the end.
+    #[arg(long)]
+    keep_scratch: bool,
+
+    /// Our daemon [default: `unionfs` beside this binary, i.e. target/release/unionfs;
+    /// never looked up in PATH, where Debian's unionfs-fuse is also called unionfs].
+    #[arg(long, value_name = "PATH")]
+    unionfs: Option<PathBuf>,
+
+    /// Where the peers installed by bench/install-peers.sh are: DIR/bin/fuse-overlayfs is
+    /// fuse-overlayfs 2.0 [default: bench/.peers of this workspace].
+    #[arg(long, value_name = "DIR")]
+    peers: Option<PathBuf>,
+
+    /// Also write every sample and statistic as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Also draw the ratios to kernel overlay as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+
+    /// List the targets (with what is installed) and the workloads, and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn help_tail() -> String {
+    let mut h = String::from("Targets (--targets; one not installed is reported as skipped):\n");
+    for (name, what) in targets::catalog() {
+        let _ = writeln!(h, "  {name:<18}{what}");
+    }
+    h.push_str("\nWorkloads (--workloads; sizes of the full run):\n");
+    let full = Sizes::full();
+    for w in &workloads::ALL {
+        let _ = writeln!(h, "  {:<18}{}", w.name, w.describe(&full));
+    }
+    h.push_str(
+        "\nMethod:
+  The lower trees are generated once per run (the same bytes every run) and shared read-only
+  by all targets; each measurement mounts a fresh upper over one of them. In every round each
+  workload runs on all targets in turn (A, B, C, A, B, C ...). Cold workloads start after sync
+  and drop_caches; the others with their lower tree in the page cache. Reported per cell: the
+  median wall time and its min-max over the timed rounds, the median of the per-round ratios
+  to `overlay` (the same round's kernel overlay), and the FUSE daemon's CPU time (user +
+  system from /proc/PID/stat; daemons run in the foreground as children of the bench).
+  Ctrl-C stops after the current measurement and unmounts everything; a second one detaches
+  the mounts at once.
+
+Output:
+  stdout   Markdown: the command that reproduces the run, the machine, the table, errors
+  stderr   progress: one line per workload and round
+  --json   every sample, statistic, target and size
+  --plot   SVG bar chart of the ratios (log scale, a line at 1)
+
+Examples (as root, from the workspace):
+  cargo build --release -p unionfs -p bench
+  cargo run --release -p bench -- --quick
+  cargo run --release -p bench -- --json /tmp/bench.json --plot /tmp/bench.svg > /tmp/bench.md
+  cargo run --release -p bench -- --targets unionfs,fuse-overlayfs --workloads stat-cold,untar
+  bash bench/install-peers.sh    # fuse-overlayfs 1.x and 2.0, unionfs-fuse
+",
+    );
+    h
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let matches = Cli::command().after_help(help_tail()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    // Before any other thread exists, so that every thread inherits the blocked mask.
+    signals::install()?;
+
+    let here =
+        std::env::current_exe().map_err(|e| format!("cannot find the bench's own path: {e}"))?;
+    let loc = Locations {
+        unionfs: match &cli.unionfs {
+            Some(p) => p.clone(),
+            None => here
+                .parent()
+                .map(|d| d.join("unionfs"))
+                .ok_or("the bench binary has no directory")?,
+        },
+        peers: cli
+            .peers
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".peers")),
+    };
+    let mut all = targets::discover(&loc);
+    if cli.list {
+        print_list(&all);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("must run as root: it mounts, and drops the page cache".into());
+    }
+    let chosen_targets = select_targets(&mut all, &cli.targets)?;
+    let chosen_workloads = select_workloads(&cli.workloads)?;
+    let sizes = if cli.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let rounds = cli.rounds.unwrap_or(if cli.quick { 1 } else { 5 });
+    let warmup = cli.warmup.unwrap_or(if cli.quick { 0 } else { 1 });
+    if rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+
+    let start = Instant::now();
+    let mut scratch = Scratch::create(&cli.scratch, cli.keep_scratch)?;
+    let machine = Machine::describe(&scratch.root);
+    eprintln!(
+        "bench: generating the lower trees in {}",
+        scratch.root.display()
+    );
+    let lowers = Lowers::generate(&scratch.root, &sizes)
+        .map_err(|e| format!("cannot generate the lower trees: {e}"))?;
+    eprintln!(
+        "bench: generated in {:.1}s; checking that every target mounts",
+        start.elapsed().as_secs_f64()
+    );
+    for &i in &chosen_targets {
+        let dir = scratch
+            .fresh_dir()
+            .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        all[i].probe(&lowers.path(Tree::Empty), &dir);
+        scratch.remove(&dir)?;
+        if let Some(why) = &all[i].skipped {
+            eprintln!("bench: skipping {}: {why}", all[i].name);
+        }
+    }
+    let asked: Vec<&Target> = chosen_targets.iter().map(|&i| &all[i]).collect();
+    let measured: Vec<&Target> = asked
+        .iter()
+        .copied()
+        .filter(|t| t.skipped.is_none())
+        .collect();
+    if measured.is_empty() {
+        return Err("no target can be measured on this machine".into());
+    }
+    let plan = Plan {
+        targets: measured.clone(),
+        workloads: chosen_workloads.clone(),
+        rounds,
+        warmup,
+        sizes: &sizes,
+        lowers: &lowers,
+        workers: machine.cores,
+    };
+    let mut cache = Cache::default();
+    // Deletions made just before the run (a previous run's clean-up, say) would slow its
+    // creates: see `Cache::forget_deleted`.
+    cache.forget_deleted()?;
+    let results = match measure::run(&plan, &mut scratch, &mut cache) {
+        Ok(r) => r,
+        Err(e) if signals::stop_requested() => {
+            eprintln!("bench: {e}");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e),
+    };
+    let report = Report {
+        command: reproduce(),
+        machine,
+        rounds,
+        warmup,
+        quick: cli.quick,
+        sizes: &sizes,
+        elapsed: start.elapsed(),
+        targets: &asked,
+        measured,
+        workloads: chosen_workloads,
+        results,
+    };
+    print!("{}", report::markdown(&report));
+    if let Some(path) = &cli.json {
+        std::fs::write(path, report::json(&report)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.plot {
+        std::fs::write(path, svg::chart(&report))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    eprintln!("bench: done in {:.0}s", start.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Indices into `all` of the targets asked for, in the catalog's order (the table's columns),
+/// with the baseline added.
+fn select_targets(all: &mut [Target], names: &[String]) -> Result<Vec<usize>, String> {
+    for n in names {
+        if !all.iter().any(|t| t.name == n) {
+            let known: Vec<&str> = all.iter().map(|t| t.name).collect();
+            return Err(format!(
+                "unknown target {n:?}; the targets are: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    if !names.is_empty() && !names.iter().any(|n| n == BASELINE) {
+        eprintln!("bench: adding {BASELINE}: every ratio is relative to it");
+    }
+    Ok((0..all.len())
+        .filter(|&i| {
+            names.is_empty() || all[i].name == BASELINE || names.iter().any(|n| n == all[i].name)
+        })
+        .collect())
+}
+
+fn select_workloads(names: &[String]) -> Result<Vec<&'static workloads::Workload>, String> {
+    for n in names {
+        if !workloads::ALL.iter().any(|w| w.name == n) {
+            let known: Vec<&str> = workloads::ALL.iter().map(|w| w.name).collect();
+            return Err(format!(
+                "unknown workload {n:?}; the workloads are: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(workloads::ALL
+        .iter()
+        .filter(|w| names.is_empty() || names.iter().any(|n| n == w.name))
+        .collect())
+}
+
+fn print_list(all: &[Target]) {
+    println!("Targets:");
+    for t in all {
+        let state = match (&t.skipped, &t.version) {
+            (Some(why), _) => format!("skipped: {why}"),
+            (None, Some(v)) => v.clone(),
+            (None, None) => "available".into(),
+        };
+        println!("  {:<18}{}  [{state}]", t.name, t.what);
+    }
+    println!("Workloads:");
+    let full = Sizes::full();
+    for w in &workloads::ALL {
+        println!("  {:<18}{}", w.name, w.describe(&full));
+    }
+}
+
+/// The command line that reproduces this run, through cargo from the workspace.
+fn reproduce() -> String {
+    let mut cmd = String::from("cargo run --release -p bench --");
+    for a in std::env::args().skip(1) {
+        cmd.push(' ');
+        cmd.push_str(&shell_quote(&a));
+    }
+    cmd
+}
+
+fn shell_quote(a: &str) -> String {
+    let safe = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c));
+    if safe {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("--json=/tmp/b.json"), "--json=/tmp/b.json");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
