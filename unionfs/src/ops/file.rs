@@ -48,6 +48,11 @@ pub struct Opened {
     pub upper: bool,
 }
 
+thread_local! {
+    /// The read buffer of a request thread (see `UnionFs::read`).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl UnionFs {
     /// Chooses the data path for a new open of `ino` and counts the open; `register`
     /// makes a backing id for the file when one is needed.
@@ -138,24 +143,37 @@ impl UnionFs {
         self.handles.file(fh).ok_or(Errno::EBADF)
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` and hands them to `reply`, in a buffer kept
+    /// per thread: allocating and zeroing up to a megabyte per request showed in profiles.
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         let h = self.handle(fh)?;
         if h.on_lower.load(Ordering::Relaxed) {
             self.follow_copy_up(&h)?;
         }
         let file = h.file.read();
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let want = size as usize;
+            if buf.len() < want {
+                buf.resize(want, 0);
             }
-        }
-        buf.truncate(done);
-        Ok(buf)
+            let mut done = 0;
+            while done < want {
+                match file.read_at(&mut buf[done..want], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(reply(&buf[..done]))
+        })
     }
 
     /// Moves a read-only handle of a lower file to the upper copy once there is one.
