@@ -202,11 +202,7 @@ fn foreground_exits_zero_after_fusermount_unmount() {
     if skip_unless_root() {
         return;
     }
-    let s = Scratch::new("cli-fg");
-    s.mkdirs(&["l", "u", "w", "m"]);
-    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
-    let mnt = s.path("m");
-    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let (s, mnt, o) = one_file_union("cli-fg");
     let mnt_s = mnt.display().to_string();
     let mut fg = Foreground::spawn(&["-f", "-o", &o, &mnt_s], &mnt, Stdio::null());
     fg.wait_mounted(&mnt);
@@ -825,11 +821,7 @@ fn sigterm_unmounts_cleanly() {
     if skip_unless_root() {
         return;
     }
-    let s = Scratch::new("cli-sigterm");
-    s.mkdirs(&["l", "u", "w", "m"]);
-    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
-    let mnt = s.path("m");
-    let o = opts(&s.path("l"), &s.path("u"), &s.path("w"), "");
+    let (s, mnt, o) = one_file_union("cli-sigterm");
     let mnt_s = mnt.display().to_string();
     let mut fg = Foreground::spawn(&["-f", "-o", &o, &mnt_s], &mnt, Stdio::null());
     fg.wait_mounted(&mnt);
