@@ -53,6 +53,11 @@ impl DirCache {
         clock.ring.push(Arc::downgrade(d));
         if n > self.budget {
             self.sweep(&mut clock);
+        } else if clock.ring.len() > 2 * n + 1024 {
+            // Directories the kernel forgot leave dead entries behind; below the budget no
+            // sweep removes them, so drop them here before the ring grows without bound.
+            clock.ring.retain(|w| w.strong_count() > 0);
+            clock.hand = 0;
         }
     }
 
@@ -209,6 +214,23 @@ mod tests {
             let st = nix::sys::stat::fstat(fd.as_fd()).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFDIR);
         }
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn forgotten_directories_do_not_pile_up() {
+        let p = scratch("forget");
+        let cache = DirCache::new(10_000);
+        let root = DirRef::root(open_root(&p), &cache);
+        for _ in 0..5_000 {
+            let fd = open_root(&p.join("a"));
+            drop(DirRef::child(&root, OsStr::new("a"), Some(fd)));
+        }
+        assert_eq!(cache.open_count(), 0);
+        assert!(
+            cache.entries.lock().ring.len() <= 1024 + 2,
+            "ring kept dead entries"
+        );
         let _ = std::fs::remove_dir_all(&p);
     }
 
