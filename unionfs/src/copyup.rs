@@ -115,18 +115,7 @@ fn copy_up_one(
             log::warn!("copy-up of {name:?}: cannot restore the parent's times: {e}");
         }
         // The descriptor still names the object after the rename.
-        let ust = fstat_fd(fd.as_fd())?;
-        let loc = if lookup::is_dir(&st) {
-            Loc::Dir(DirRef::child(pref, name, Some(fd)))
-        } else {
-            Loc::At(Arc::clone(pref), name.to_os_string())
-        };
-        Ok(Real {
-            loc,
-            layer: LayerRef::Upper,
-            dev: ust.st_dev,
-            ino: ust.st_ino,
-        })
+        upper_real(pref, name, lookup::is_dir(&st), Some(fd))
     });
     if result.is_err() {
         remove_tmp(work, &tmp);
@@ -135,6 +124,35 @@ fn copy_up_one(
         }
     }
     result
+}
+
+/// The `Real` of an object just made as `dir/name` in the upper layer; `fd`, when the
+/// caller holds one (`O_PATH`), is the object's.
+pub fn upper_real(
+    dir: &Arc<DirRef>,
+    name: &OsStr,
+    is_dir: bool,
+    fd: Option<OwnedFd>,
+) -> Result<Real> {
+    let st = match &fd {
+        Some(fd) => fstat_fd(fd.as_fd())?,
+        None => nix::sys::stat::fstatat(dir.fd()?.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?,
+    };
+    let loc = if is_dir {
+        let fd = match fd {
+            Some(fd) => fd,
+            None => open_path(dir.fd()?.as_fd(), name)?,
+        };
+        Loc::Dir(DirRef::child(dir, name, Some(fd)))
+    } else {
+        Loc::At(Arc::clone(dir), name.to_os_string())
+    };
+    Ok(Real {
+        loc,
+        layer: LayerRef::Upper,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
 }
 
 /// Best-effort removal of a temp object after a failure; the mount-time clean-up of the

@@ -4,14 +4,14 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
-use crate::copyup::{ensure_upper, mark_impure, open_path, Data};
+use crate::copyup::{ensure_upper, mark_impure, open_path, upper_real, Data};
 use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{Inode, LayerRef, Loc, Real, State};
@@ -38,30 +38,6 @@ impl NewObj<'_> {
             NewObj::Symlink { .. } => 0o777,
         }
     }
-}
-
-/// The `Real` of an object just made as `dir/name` in the upper layer; `fd`, when the
-/// caller holds one (`O_PATH`), is the object's.
-fn new_real(dir: &Arc<DirRef>, name: &OsStr, is_dir: bool, fd: Option<OwnedFd>) -> Result<Real> {
-    let st = match &fd {
-        Some(fd) => fstat_fd(fd.as_fd())?,
-        None => nix::sys::stat::fstatat(dir.fd()?.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?,
-    };
-    let loc = if is_dir {
-        let fd = match fd {
-            Some(fd) => fd,
-            None => open_path(dir.fd()?.as_fd(), name)?,
-        };
-        Loc::Dir(DirRef::child(dir, name, Some(fd)))
-    } else {
-        Loc::At(Arc::clone(dir), name.to_os_string())
-    };
-    Ok(Real {
-        loc,
-        layer: LayerRef::Upper,
-        dev: st.st_dev,
-        ino: st.st_ino,
-    })
 }
 
 /// Makes the object itself as `dir/name`; fails with EEXIST when anything is there.
@@ -198,7 +174,7 @@ impl UnionFs {
         let pdir = pu.dir_ref()?;
         let (real, file) = match make(pdir_fd.as_fd(), name, &obj) {
             Ok(file) => {
-                let real = new_real(pdir, name, obj.is_dir(), None)?;
+                let real = upper_real(pdir, name, obj.is_dir(), None)?;
                 own(&real, ctx, setgid, &obj)?;
                 (real, file)
             }
@@ -265,7 +241,7 @@ impl UnionFs {
                 RenameFlags::empty()
             };
             nix::fcntl::renameat2(work, tmp.as_os_str(), pdir.as_fd(), name, flags)?;
-            Ok((new_real(pref, name, obj.is_dir(), None)?, file))
+            Ok((upper_real(pref, name, obj.is_dir(), None)?, file))
         })();
         // After an exchange the whiteout is what sits at the temp name.
         crate::copyup::remove_tmp(work, &tmp);
