@@ -109,6 +109,8 @@ pub struct UnionFs {
     pub handles: Handles,
     pub config: Config,
     tmp_counter: AtomicU64,
+    /// The upper filesystem makes `O_TMPFILE` files (not known to fail yet).
+    pub tmpfile_ok: std::sync::atomic::AtomicBool,
     /// The work directory's whiteout that new whiteouts link to.
     pub shared_whiteout: parking_lot::Mutex<Option<OsString>>,
     /// Passthrough wanted and not (yet) refused by the kernel.
@@ -188,6 +190,7 @@ impl UnionFs {
             handles: Handles::new(),
             config,
             tmp_counter: AtomicU64::new(1),
+            tmpfile_ok: std::sync::atomic::AtomicBool::new(true),
             shared_whiteout: parking_lot::Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(passthrough),
             root_ino,

@@ -877,12 +877,18 @@ fn killed_during_copyup_leaves_no_partial_file() {
             .open(&target)
             .map(|_| ())
     });
-    // Kill once the copy is under way in the workdir (or after a while regardless).
+    // Kill once the copy is under way in the workdir (or after a while regardless): the
+    // daemon holds a file there with data in it, named or unnamed (O_TMPFILE), so look
+    // through the daemon's descriptors rather than the directory.
+    let work = s.path("w/work");
+    let fds = PathBuf::from(format!("/proc/{}/fd", fg.child.id()));
     let started = wait_until(Duration::from_secs(10), || {
-        fs::read_dir(s.path("w/work"))
+        fs::read_dir(&fds)
             .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                rd.filter_map(|e| e.ok()).any(|e| {
+                    fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&work))
+                        && fs::metadata(e.path()).is_ok_and(|m| m.is_file() && m.len() > 0)
+                })
             })
             .unwrap_or(false)
     });
