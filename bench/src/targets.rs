@@ -29,7 +29,7 @@ struct Spec {
     kind: Kind,
 }
 
-const CATALOG: [Spec; 10] = [
+const CATALOG: [Spec; 11] = [
     Spec {
         name: "plain",
         what: "no union: a plain directory of the upper filesystem holding a copy of the lower tree (the physical limit)",
@@ -54,6 +54,11 @@ const CATALOG: [Spec; 10] = [
         name: "unionfs-nopt",
         what: "unionfs -o nopassthrough (file data through the daemon)",
         kind: Kind::Unionfs(&["nopassthrough"]),
+    },
+    Spec {
+        name: "unionfs-ptall",
+        what: "unionfs -o passthrough=all (opt-in: lower files pass through too; an fd opened before a copy-up keeps reading the lower file)",
+        kind: Kind::Unionfs(&["passthrough=all"]),
     },
     Spec {
         name: "unionfs-1t",

@@ -12,10 +12,11 @@ use crate::readdir::Entry;
 #[derive(Debug)]
 pub struct FileHandle {
     pub ino: u64,
-    /// The real file; a read-only open of a lower file moves to the upper copy once there
-    /// is one, as the kernel's overlay does.
+    /// The real file; a read-only open of a lower file that we serve moves to the upper copy
+    /// once there is one, as the kernel's overlay does.
     pub file: RwLock<File>,
-    /// Still reading a lower file.
+    /// Still reading a lower file, and to move to the copy at the next read. False for a
+    /// lower file passed through (`passthrough=all`), whose reads never reach us.
     pub on_lower: AtomicBool,
     /// Served through the page cache (counted in the node's `Opens::cached`).
     pub cached: bool,

@@ -108,10 +108,15 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if opts.noacl || opts.squash_to_root {
         log::warn!("noacl and squash_to_root are not implemented yet; ignored");
     }
-    // Passthrough needs privilege to register backing files; by default it is on as root.
+    // Passthrough needs privilege to register backing files; by default it is on (for upper
+    // files) as root.
     let config = Config {
         volatile: opts.volatile,
-        passthrough: opts.passthrough.unwrap_or(root),
+        passthrough: opts.passthrough.unwrap_or(if root {
+            options::Passthrough::Upper
+        } else {
+            options::Passthrough::Off
+        }),
         dir_fd_budget: 0,
     };
     let fs = match UnionFs::new(layers, config) {

@@ -40,6 +40,32 @@ impl RedirectDir {
     }
 }
 
+/// What `passthrough=` asked for: whose file data the kernel reads and writes itself (FUSE
+/// passthrough, which needs root) instead of asking the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Every read and write goes through the daemon (`nopassthrough`).
+    #[default]
+    Off,
+    /// Upper files only (`passthrough`): a read-only open of a lower file follows a later
+    /// copy-up, as on the kernel's overlay.
+    Upper,
+    /// Upper and lower files. A read-only open of a lower file keeps reading the lower file
+    /// after a copy-up, where the kernel's overlay would move it to the copy.
+    All,
+}
+
+impl Passthrough {
+    /// The option value as spelled on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Passthrough::Off => "off",
+            Passthrough::Upper => "upper",
+            Passthrough::All => "all",
+        }
+    }
+}
+
 /// A mount option that is not ours but the kernel's: passed through to the FUSE mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelOpt {
@@ -128,8 +154,9 @@ pub struct Options {
     /// `volatile`, or `fsync=0`.
     pub volatile: bool,
     pub redirect_dir: RedirectDir,
-    /// `passthrough` => Some(true), `nopassthrough` => Some(false).
-    pub passthrough: Option<bool>,
+    /// `passthrough[=MODE]` or `nopassthrough`; None when not given (the daemon then picks
+    /// `Upper` as root, `Off` otherwise).
+    pub passthrough: Option<Passthrough>,
     pub threads: Option<usize>,
     /// `noacl`: do not expose POSIX ACL xattrs.
     pub noacl: bool,
@@ -183,9 +210,12 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          Accepted for compatibility. Renaming a directory that has lower
                          content gives EXDEV (as the kernel with redirect_dir=off), so that
                          mv copies it; writing redirects is not implemented yet.
-  passthrough, nopassthrough
+  passthrough=upper|all|off
                          FUSE passthrough of file data (the kernel reads and writes the
-                         real file directly). Default: on as root, off otherwise.
+                         real file directly). upper: upper files only (default as root;
+                         'passthrough' alone); off: none (default otherwise; 'nopassthrough');
+                         all: lower files too (faster reads), but unlike the kernel's overlay
+                         an fd opened read-only before a copy-up keeps reading the lower file.
   threads=N              Number of request-serving threads (N >= 1).
   noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).
@@ -339,7 +369,7 @@ struct Builder {
     userxattr: bool,
     volatile: bool,
     redirect_dir: RedirectDir,
-    passthrough: Option<bool>,
+    passthrough: Option<Passthrough>,
     threads: Option<usize>,
     noacl: bool,
     squash_to_root: bool,
@@ -427,12 +457,27 @@ impl Builder {
                 flag(self, "squash_to_root")?;
                 self.squash_to_root = true;
             }
-            b"passthrough" | b"nopassthrough" => {
+            b"nopassthrough" => {
                 if value.is_some() {
                     return err(format!("option '{shown}' takes no value"));
                 }
                 self.once("passthrough", &shown)?;
-                self.passthrough = Some(key == b"passthrough");
+                self.passthrough = Some(Passthrough::Off);
+            }
+            b"passthrough" => {
+                self.once("passthrough", &shown)?;
+                self.passthrough = Some(match value {
+                    None => Passthrough::Upper,
+                    Some(b"upper") => Passthrough::Upper,
+                    Some(b"all") => Passthrough::All,
+                    Some(b"off") => Passthrough::Off,
+                    Some(v) => {
+                        return err(format!(
+                            "invalid value '{}' for passthrough (expected upper, all or off)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                });
             }
             b"redirect_dir" => {
                 self.once("redirect_dir", "redirect_dir")?;
@@ -900,6 +945,18 @@ mod tests {
         assert!(
             fail(&["-o", "lowerdir=/a,passthrough,nopassthrough", "/m"]).contains("nopassthrough")
         );
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,passthrough=all,passthrough=upper", "/m"]),
+            "option 'passthrough' given more than once"
+        );
+        assert!(fail(&[
+            "-o",
+            "lowerdir=/a,nopassthrough",
+            "-o",
+            "passthrough=all",
+            "/m"
+        ])
+        .contains("more than once"));
     }
 
     #[test]
@@ -978,6 +1035,7 @@ mod tests {
                     assert!(text.contains("lowerdir="), "{text}");
                     assert!(text.contains("MOUNTPOINT"), "{text}");
                     assert!(text.contains("allow_other"), "{text}");
+                    assert!(text.contains("passthrough=upper|all|off"), "{text}");
                 }
                 other => panic!("{other:?}"),
             }
@@ -1005,11 +1063,42 @@ mod tests {
         ]);
         assert!(o.volatile && o.noacl && o.squash_to_root);
         assert_eq!(o.redirect_dir, RedirectDir::NoFollow);
-        assert_eq!(o.passthrough, Some(true));
+        assert_eq!(o.passthrough, Some(Passthrough::Upper));
         assert_eq!(o.threads, Some(4));
         let o = run(&["-o", "lowerdir=/a,nopassthrough,redirect_dir=off", "/m"]);
-        assert_eq!(o.passthrough, Some(false));
+        assert_eq!(o.passthrough, Some(Passthrough::Off));
         assert_eq!(o.redirect_dir, RedirectDir::Off);
+    }
+
+    #[test]
+    fn passthrough_values_and_aliases() {
+        let mode = |o: &str| run(&["-o", &format!("lowerdir=/a,{o}"), "/m"]).passthrough;
+        assert_eq!(mode("threads=2"), None, "not given: the daemon decides");
+        assert_eq!(mode("passthrough=upper"), Some(Passthrough::Upper));
+        assert_eq!(mode("passthrough=all"), Some(Passthrough::All));
+        assert_eq!(mode("passthrough=off"), Some(Passthrough::Off));
+        assert_eq!(mode("passthrough"), mode("passthrough=upper"));
+        assert_eq!(mode("nopassthrough"), mode("passthrough=off"));
+        for p in [Passthrough::Off, Passthrough::Upper, Passthrough::All] {
+            assert_eq!(mode(&format!("passthrough={}", p.as_str())), Some(p));
+        }
+    }
+
+    #[test]
+    fn passthrough_bad_values() {
+        for v in ["foo", "", "ALL", "on", "upper:all"] {
+            let e = fail(&["-o", &format!("lowerdir=/a,passthrough={v}"), "/m"]);
+            assert!(e.contains("passthrough"), "{v:?}: {e}");
+            assert!(!e.contains('\n'), "{v:?}: {e}");
+        }
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,passthrough=foo", "/m"]),
+            "invalid value 'foo' for passthrough (expected upper, all or off)"
+        );
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,nopassthrough=all", "/m"]),
+            "option 'nopassthrough' takes no value"
+        );
     }
 
     #[test]

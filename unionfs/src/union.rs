@@ -15,6 +15,7 @@ use crate::errno::{Errno, Result};
 use crate::handle::Handles;
 use crate::inode::{Inode, InodeTable, LayerRef, Loc, Real, State, ROOT};
 use crate::layer::{fstat_fd, Layers};
+use crate::options::Passthrough;
 
 /// The caller of a request, for ownership of what it creates.
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +30,8 @@ pub struct Ctx {
 pub struct Config {
     /// Skip the fsync of copied-up data, as the kernel's `volatile` does.
     pub volatile: bool,
-    /// Hand file data to the kernel (FUSE passthrough) when possible.
-    pub passthrough: bool,
+    /// Which files' data to hand to the kernel (FUSE passthrough) when possible.
+    pub passthrough: Passthrough,
     /// How many directory descriptors to keep open; 0: three quarters of the file limit.
     pub dir_fd_budget: usize,
 }
@@ -122,7 +123,7 @@ pub struct UnionFs {
 impl UnionFs {
     pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
         let inodes = InodeTable::new();
-        let passthrough = config.passthrough;
+        let passthrough = config.passthrough != Passthrough::Off;
         let dirs = DirCache::new(dir_budget(config.dir_fd_budget));
         let root_of = |fd: OwnedFd, layer: LayerRef| -> Result<Real> {
             let st = fstat_fd(fd.as_fd())?;
@@ -199,6 +200,12 @@ impl UnionFs {
 
     pub fn passthrough_on(&self) -> bool {
         self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Whether an open of a file in the upper layer (`upper`) or a lower one may pass
+    /// through, as far as the configuration and the kernel go (see `data_path`).
+    pub fn may_pass_through(&self, upper: bool) -> bool {
+        self.passthrough_on() && (upper || self.config.passthrough == Passthrough::All)
     }
 
     pub fn disable_passthrough(&self) {

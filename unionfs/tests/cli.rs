@@ -1,8 +1,8 @@
 //! The daemon's command line as a user (or mount.fuse3) drives it: daemonizing only once the
 //! mount is live, foreground and debug modes, ending on unmount, one-line errors for misuse,
 //! and a few mount options whose effect can be seen from outside (read-only without upper,
-//! escaped colons in lowerdir, volatile), plus inode numbers, statfs and sparse copy-up
-//! checked against the layers themselves.
+//! escaped colons in lowerdir, volatile, passthrough=all), plus inode numbers, statfs and
+//! sparse copy-up checked against the layers themselves.
 
 mod common;
 
@@ -984,4 +984,140 @@ fn many_directories_within_a_small_fd_limit() {
         assert!(!mnt.join(format!("d{i}/e5")).exists());
     }
     guard.unmount();
+}
+
+/// A one-file union (`l/f` = "lower\n") mounted in the foreground with `-d` and `extra`
+/// options, its debug log going to a file: the scratch, the mount point, the daemon, the log.
+fn one_file_union_logged(tag: &str, extra: &str) -> (Scratch, PathBuf, Foreground, PathBuf) {
+    let (s, mnt, o) = one_file_union(tag);
+    let o = if extra.is_empty() {
+        o
+    } else {
+        format!("{o},{extra}")
+    };
+    let log_path = s.path("stderr.log");
+    let log = fs::File::create(&log_path).unwrap_or_else(|e| panic!("create log: {e}"));
+    let mnt_s = mnt.display().to_string();
+    let mut fg = Foreground::spawn(&["-d", "-o", &o, &mnt_s], &mnt, Stdio::from(log));
+    fg.wait_mounted(&mnt);
+    (s, mnt, fg, log_path)
+}
+
+fn read_log(log_path: &Path) -> String {
+    fs::read_to_string(log_path).unwrap_or_else(|e| panic!("read log: {e}"))
+}
+
+/// Why passthrough is off in a daemon's `-d` log though it was asked for, if it is.
+fn passthrough_unavailable(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
+        l.contains("does not offer FUSE passthrough") || l.contains("passthrough refused")
+    })
+}
+
+/// The READ requests (file data through the daemon) in a `-d` log; fuser logs each as
+/// `FUSE(  8) ino 0x... READ fh FileHandle(1), offset 0, size 4096`.
+fn read_requests(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(" READ fh ")).count()
+}
+
+/// `passthrough=all`: reading a lower file through the mount gives the lower's bytes and
+/// sends the daemon no READ: the kernel reads the lower file itself. With the default
+/// (`passthrough=upper` as root) the same read does come to the daemon.
+#[test]
+fn passthrough_all_reads_lower_file_without_the_daemon() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut reads = Vec::new();
+    for extra in ["passthrough=all", ""] {
+        let (s, mnt, mut fg, log_path) = one_file_union_logged("cli-ptall-read", extra);
+        let want = fs::read(s.path("l/f")).unwrap_or_else(|e| panic!("read l/f: {e}"));
+        let got = fs::read(mnt.join("f")).unwrap_or_else(|e| panic!("read m/f: {e}"));
+        assert_eq!(got, want, "-o {extra:?}: content through the mount");
+        fg.mnt.unmount();
+        let status = fg.wait_exit();
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "-o {extra:?}: {status:?}"
+        );
+        let log = read_log(&log_path);
+        if let Some(why) = passthrough_unavailable(&log) {
+            println!("SKIPPED: no FUSE passthrough here: {why}");
+            return;
+        }
+        reads.push((extra, read_requests(&log)));
+    }
+    // (mount options, READ requests logged)
+    assert_eq!(reads[0].1, 0, "passthrough=all served READs: {reads:?}");
+    assert!(
+        reads[1].1 > 0,
+        "the default mount served no READ: {reads:?}"
+    );
+}
+
+/// `passthrough=all`, a lower file `f`, an fd opened read-only on it, then an append
+/// through the mount (copy-up): new opens read the copy, the upper holds it, the lower is
+/// unchanged, and the fd opened before the copy-up keeps reading the lower file (the
+/// divergence from the kernel's overlay that README and `data_path` document). Once that
+/// fd is closed, opens pass through to the copy. The same steps with `passthrough=upper`
+/// give the kernel's behaviour: the old fd reads the copy.
+#[test]
+fn passthrough_all_lower_reader_keeps_lower_after_copyup() {
+    if skip_unless_root() {
+        return;
+    }
+    for (extra, old_fd_reads) in [
+        ("passthrough=all", &b"lower\n"[..]),
+        ("passthrough=upper", &b"lower\nmore\n"[..]),
+    ] {
+        let (s, mnt, mut fg, log_path) = one_file_union_logged("cli-ptall-copyup", extra);
+        if let Some(why) = passthrough_unavailable(&read_log(&log_path)) {
+            println!("SKIPPED: no FUSE passthrough here: {why}");
+            return;
+        }
+        let f = mnt.join("f");
+        let read_f = || fs::read(&f).unwrap_or_else(|e| panic!("-o {extra}: read m/f: {e}"));
+        assert_eq!(read_f(), b"lower\n");
+        let mut before = fs::File::open(&f).unwrap_or_else(|e| panic!("-o {extra}: open m/f: {e}"));
+        let mut old = Vec::new();
+        before
+            .read_to_end(&mut old)
+            .unwrap_or_else(|e| panic!("-o {extra}: read the old fd: {e}"));
+        assert_eq!(old, b"lower\n");
+        {
+            let mut w = fs::OpenOptions::new()
+                .append(true)
+                .open(&f)
+                .unwrap_or_else(|e| panic!("-o {extra}: open m/f for append: {e}"));
+            w.write_all(b"more\n")
+                .unwrap_or_else(|e| panic!("-o {extra}: append: {e}"));
+        }
+        assert_eq!(read_f(), b"lower\nmore\n", "-o {extra}: a new open");
+        let upper = fs::read(s.path("u/f")).unwrap_or_else(|e| panic!("read u/f: {e}"));
+        assert_eq!(upper, b"lower\nmore\n", "-o {extra}: the upper copy");
+        let lower = fs::read(s.path("l/f")).unwrap_or_else(|e| panic!("read l/f: {e}"));
+        assert_eq!(lower, b"lower\n", "-o {extra}: the lower changed");
+        let mut old = Vec::new();
+        before
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| before.read_to_end(&mut old))
+            .unwrap_or_else(|e| panic!("-o {extra}: read the old fd again: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&old),
+            String::from_utf8_lossy(old_fd_reads),
+            "-o {extra}: the fd opened before the copy-up"
+        );
+        drop(before);
+        assert_eq!(
+            read_f(),
+            b"lower\nmore\n",
+            "-o {extra}: after the old fd closed"
+        );
+        fg.mnt.unmount();
+        let status = fg.wait_exit();
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "-o {extra}: {status:?}"
+        );
+    }
 }

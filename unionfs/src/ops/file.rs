@@ -33,9 +33,11 @@ pub enum DataPath {
     Passthrough(Arc<fuser::BackingId>),
     /// Reads and writes through the daemon (to the right real file), bypassing the page
     /// cache. Used while another open of the node passes through to a different real file
-    /// (the lower one, opened before a copy-up): the kernel requires every open of such an
-    /// inode to name that same backing file, and lets `FOPEN_DIRECT_IO` route the I/O to
-    /// us instead. Only a shared mmap of such an open still reaches the old backing file.
+    /// (the lower one, opened before a copy-up, with `passthrough=all`): the kernel requires
+    /// every open of such an inode to name that same backing file, and lets
+    /// `FOPEN_DIRECT_IO` route the I/O to us instead. An mmap of such an open, shared or
+    /// private, still maps the old backing file, which the kernel opens again for it with
+    /// the opener's flags.
     Direct(Arc<fuser::BackingId>),
     /// Through the daemon and the page cache.
     Cached,
@@ -57,11 +59,23 @@ impl UnionFs {
     /// Chooses the data path for a new open of `ino` and counts the open; `register`
     /// makes a backing id for the file when one is needed.
     ///
-    /// Only upper files pass through: an upper file is never replaced, while a lower one
-    /// is when copied up, and an open that passes through to the lower file could never
-    /// see the copy (the kernel's overlay moves even read-only opens to the upper copy).
-    /// The kernel refuses to mix passthrough and cached opens of an inode, so the first
-    /// open decides for all that overlap it.
+    /// With `passthrough=upper` (the default as root) only upper files pass through: an
+    /// upper file is never replaced, while a lower one is when copied up, and an open that
+    /// passes through to the lower file can never see the copy (the kernel's overlay moves
+    /// even read-only opens to the upper copy; ours move at their next read, see
+    /// `follow_copy_up`).
+    ///
+    /// With `passthrough=all` lower files pass through too, and that is the mode's
+    /// documented divergence: a read-only open of a lower file made before a copy-up keeps
+    /// reading the lower file, like a shared mmap on the kernel's overlay. Opens of the copy
+    /// made while such an open lives are `Direct` (their reads and writes reach the copy
+    /// through us), but the kernel re-opens the lower file for each of them with the
+    /// opener's flags: their mmap maps the lower file (a shared writable one would write
+    /// it), and on a read-only lower mount a write open of the copy fails (EIO).
+    ///
+    /// The kernel refuses to mix passthrough and cached opens of an inode, and binds one
+    /// backing file per inode while any passthrough open lives, so the first open decides
+    /// for all that overlap it.
     pub fn data_path(
         &self,
         ino: u64,
@@ -80,7 +94,7 @@ impl UnionFs {
                 });
             }
         }
-        if opens.cached > 0 || !opened.upper || !self.passthrough_on() {
+        if opens.cached > 0 || !self.may_pass_through(opened.upper) {
             opens.cached += 1;
             return Ok(DataPath::Cached);
         }
@@ -130,10 +144,13 @@ impl UnionFs {
             DataPath::Cached => (true, None),
             DataPath::Passthrough(id) | DataPath::Direct(id) => (false, Some(Arc::clone(id))),
         };
+        // A lower file the kernel reads itself (`passthrough=all`) stays the handle's file:
+        // lseek and copy_file_range, which come to us, then agree with its reads.
+        let follows = !opened.upper && !matches!(path, DataPath::Passthrough(_));
         self.handles.add_file(FileHandle {
             ino,
             file: RwLock::new(opened.file),
-            on_lower: AtomicBool::new(!opened.upper),
+            on_lower: AtomicBool::new(follows),
             cached,
             backing,
         })
