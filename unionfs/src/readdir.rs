@@ -113,7 +113,9 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
                 e.ino
             };
             origins |= ino != e.ino;
-            seen.insert(e.name.clone());
+            if !st.lowers.is_empty() {
+                seen.insert(e.name.clone());
+            }
             out.push(Entry {
                 name: e.name,
                 ino,
@@ -121,7 +123,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
             });
         }
     }
-    for l in &st.lowers {
+    for (i, l) in st.lowers.iter().enumerate() {
         let fsid = layer_fsid(layers, l.layer);
         let lfd = l.dir()?;
         let entries = list_raw(lfd.as_fd())?;
@@ -135,6 +137,9 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
                 hidden.push(h.to_os_string());
             }
         }
+        // Names need remembering only for the layers still to come (hashing every name
+        // was most of the cost of listing a large single-layer directory).
+        let last = opaque || matches!(l.layer, LayerRef::Upper) || i + 1 == st.lowers.len();
         for e in entries {
             if whiteout::is_aufs_name(&e.name) || seen.contains(&e.name) {
                 continue;
@@ -143,17 +148,19 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
                 seen.insert(e.name);
                 continue;
             }
-            seen.insert(e.name.clone());
+            if !last {
+                seen.insert(e.name.clone());
+            }
             out.push(Entry {
                 ino: natural_ino(e.ino, fsid),
                 name: e.name,
                 dtype: e.dtype.unwrap_or(Type::File),
             });
         }
-        seen.extend(hidden);
-        if opaque || matches!(l.layer, LayerRef::Upper) {
+        if last {
             break;
         }
+        seen.extend(hidden);
     }
     Ok((out, origins))
 }
