@@ -405,13 +405,16 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(e.into()),
         };
-        let path = match self
-            .fs
-            .data_path(ino.0, &opened, || reply.open_backing(&opened.file))
-        {
-            Ok(p) => p,
-            Err(e) => return reply.error(e.into()),
-        };
+        let path =
+            match self
+                .fs
+                .data_path(ino.0, &opened, || match self.fs.backing_file(&opened)? {
+                    Some(f) => reply.open_backing(&f),
+                    None => reply.open_backing(&opened.file),
+                }) {
+                Ok(p) => p,
+                Err(e) => return reply.error(e.into()),
+            };
         match self.open_reply(ino.0, opened, path) {
             (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
             (fh, fl, None) => reply.opened(fh, fl),
@@ -673,6 +676,7 @@ impl Filesystem for FuseAdapter {
             file,
             real,
             upper: true,
+            lower: None,
         };
         let path = match self
             .fs

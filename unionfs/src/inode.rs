@@ -291,6 +291,8 @@ pub struct Opens {
 #[derive(Debug)]
 pub struct Backing {
     pub real: (u64, u64),
+    /// The backing file is in a lower layer (`passthrough=all`).
+    pub lower: bool,
     pub id: std::sync::Weak<fuser::BackingId>,
 }
 

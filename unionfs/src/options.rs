@@ -215,7 +215,8 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          real file directly). upper: upper files only (default as root;
                          'passthrough' alone); off: none (default otherwise; 'nopassthrough');
                          all: lower files too (faster reads), but unlike the kernel's overlay
-                         an fd opened read-only before a copy-up keeps reading the lower file.
+                         an fd opened read-only before a copy-up keeps reading the lower file,
+                         and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
   noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).

@@ -110,6 +110,8 @@ pub struct UnionFs {
     pub handles: Handles,
     pub config: Config,
     tmp_counter: AtomicU64,
+    /// Read-only clones of the lower layers' mounts, made at first use.
+    readonly_lowers: Vec<std::sync::OnceLock<Option<OwnedFd>>>,
     /// The upper filesystem makes `O_TMPFILE` files (not known to fail yet).
     pub tmpfile_ok: std::sync::atomic::AtomicBool,
     /// The work directory's whiteout that new whiteouts link to.
@@ -124,6 +126,7 @@ impl UnionFs {
     pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
         let inodes = InodeTable::new();
         let passthrough = config.passthrough != Passthrough::Off;
+        let layers_count = layers.lowers.len();
         let dirs = DirCache::new(dir_budget(config.dir_fd_budget));
         let root_of = |fd: OwnedFd, layer: LayerRef| -> Result<Real> {
             let st = fstat_fd(fd.as_fd())?;
@@ -192,6 +195,9 @@ impl UnionFs {
             config,
             tmp_counter: AtomicU64::new(1),
             tmpfile_ok: std::sync::atomic::AtomicBool::new(true),
+            readonly_lowers: (0..layers_count)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             shared_whiteout: parking_lot::Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(passthrough),
             root_ino,
@@ -206,6 +212,25 @@ impl UnionFs {
     /// through, as far as the configuration and the kernel go (see `data_path`).
     pub fn may_pass_through(&self, upper: bool) -> bool {
         self.passthrough_on() && (upper || self.config.passthrough == Passthrough::All)
+    }
+
+    /// A read-only clone of lower layer `i`'s mount, made at first use (see
+    /// `backing_file`); an error when it cannot be made (then lower files are not
+    /// passed through).
+    pub fn readonly_lower(&self, i: usize) -> std::io::Result<BorrowedFd<'_>> {
+        let slot = self
+            .readonly_lowers
+            .get(i)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let made = slot.get_or_init(|| {
+            let layer = self.layers.lowers.get(i)?;
+            crate::sys::fsops::readonly_clone(layer.fd())
+                .map_err(|e| log::warn!("no read-only clone of {:?}: {e}", layer.path))
+                .ok()
+        });
+        made.as_ref()
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EPERM))
     }
 
     pub fn disable_passthrough(&self) {

@@ -48,6 +48,17 @@ pub struct Opened {
     pub file: File,
     pub real: (u64, u64),
     pub upper: bool,
+    /// The lower object opened, when it is one (for `backing_file`).
+    pub lower: Option<crate::inode::Real>,
+}
+
+/// Whether a lower file passes through for some open of the node (`passthrough=all`).
+fn lower_backing_live(inode: &crate::inode::Inode) -> bool {
+    let opens = inode.opens.lock();
+    opens
+        .backing
+        .as_ref()
+        .is_some_and(|b| b.lower && b.id.strong_count() > 0)
 }
 
 thread_local! {
@@ -67,11 +78,12 @@ impl UnionFs {
     ///
     /// With `passthrough=all` lower files pass through too, and that is the mode's
     /// documented divergence: a read-only open of a lower file made before a copy-up keeps
-    /// reading the lower file, like a shared mmap on the kernel's overlay. Opens of the copy
-    /// made while such an open lives are `Direct` (their reads and writes reach the copy
-    /// through us), but the kernel re-opens the lower file for each of them with the
-    /// opener's flags: their mmap maps the lower file (a shared writable one would write
-    /// it), and on a read-only lower mount a write open of the copy fails (EIO).
+    /// reading the lower file, like a shared mmap on the kernel's overlay. The kernel opens
+    /// the backing file anew for each open of the inode with that open's flags, so lower
+    /// backing files come from a read-only clone of the layer (`backing_file`), and
+    /// `open_file` refuses write opens while a lower file passes through (ETXTBSY). Read
+    /// opens of a copy made meanwhile (by truncate or chmod) are `Direct`: their reads
+    /// reach the copy through us; only their mmap maps the lower file.
     ///
     /// The kernel refuses to mix passthrough and cached opens of an inode, and binds one
     /// backing file per inode while any passthrough open lives, so the first open decides
@@ -103,6 +115,7 @@ impl UnionFs {
                 let id = Arc::new(id);
                 opens.backing = Some(crate::inode::Backing {
                     real: opened.real,
+                    lower: !opened.upper,
                     id: Arc::downgrade(&id),
                 });
                 Ok(DataPath::Passthrough(id))
@@ -123,6 +136,11 @@ impl UnionFs {
         let inode = self.inode(ino)?;
         let real = if wants_write(flags) {
             self.check_writable()?;
+            if lower_backing_live(&inode) {
+                // The kernel would open the lower file for writing as this open's backing
+                // (see `data_path`); refuse before copying up, as for a busy executable.
+                return Err(Errno(libc::ETXTBSY));
+            }
             let data = if flags & libc::O_TRUNC != 0 {
                 Data::Skip
             } else {
@@ -132,11 +150,52 @@ impl UnionFs {
         } else {
             inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
         };
+        let upper = real.layer == crate::inode::LayerRef::Upper;
         Ok(Opened {
             file: real.open(real_flags(flags))?,
             real: (real.dev, real.ino),
-            upper: real.layer == crate::inode::LayerRef::Upper,
+            upper,
+            lower: if upper { None } else { Some(real) },
         })
+    }
+
+    /// The file a passthrough open registers as its backing file. The kernel opens the
+    /// backing file anew for every open of the inode, with that open's flags, so a lower
+    /// file is reopened on a read-only clone of its layer's mount: no open of the node, not
+    /// even one of its upper copy made while a lower reader lives, can then write the lower
+    /// layer (such an open fails instead; `open_file` refuses it first with ETXTBSY).
+    /// `None`: the opened file itself. A failure here only keeps this open off
+    /// passthrough, whatever its errno (EPERM from the kernel's registration turns
+    /// passthrough off altogether, see `data_path`).
+    pub fn backing_file(&self, opened: &Opened) -> std::io::Result<Option<File>> {
+        let Some(real) = &opened.lower else {
+            return Ok(None);
+        };
+        self.readonly_reopen(real, opened.real)
+            .map(Some)
+            .map_err(|e| std::io::Error::other(format!("no read-only lower backing file: {e}")))
+    }
+
+    fn readonly_reopen(&self, real: &crate::inode::Real, id: (u64, u64)) -> std::io::Result<File> {
+        let crate::inode::LayerRef::Lower(i) = real.layer else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let mount = self.readonly_lower(i)?;
+        let (kind, handle) = real
+            .file_handle()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+        let file = File::from(crate::sys::fsops::open_by_handle(
+            mount,
+            kind,
+            &handle,
+            libc::O_RDONLY,
+        )?);
+        // The handle names the inode; make sure it is the very file this open read.
+        let st = crate::layer::fstat_fd(file.as_fd()).map_err(std::io::Error::from)?;
+        if (st.st_dev, st.st_ino) != id {
+            return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(file)
     }
 
     pub fn add_handle(&self, ino: u64, opened: Opened, path: &DataPath) -> u64 {

@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -256,4 +256,102 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// A read-only, detached clone of the mount `dir` is on, rooted at `dir`
+/// (`open_tree(OPEN_TREE_CLONE)` then `mount_setattr(MOUNT_ATTR_RDONLY)`): in no
+/// namespace, it lives as long as a descriptor or file of it does. Needs CAP_SYS_ADMIN.
+/// Returns a readable descriptor of its root.
+pub fn readonly_clone(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let empty = c"";
+    // SAFETY: open_tree takes a descriptor, a NUL-terminated path and flags.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dir.as_raw_fd(),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(raw) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a live `struct mount_attr` of the size passed with it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // open_tree gives an O_PATH descriptor, which open_by_handle_at does not take.
+    Ok(nix::fcntl::openat(
+        tree.as_fd(),
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?)
+}
+
+/// Opens the object of a file handle (as `name_to_handle` gave it) on the mount that
+/// `mount` is a descriptor of. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(
+    mount: BorrowedFd<'_>,
+    kind: i32,
+    handle: &[u8],
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    const MAX_HANDLE: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        f: [u8; MAX_HANDLE],
+    }
+    if handle.len() > MAX_HANDLE {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    }
+    let mut h = Handle {
+        bytes: handle.len() as u32,
+        kind,
+        f: [0; MAX_HANDLE],
+    };
+    h.f[..handle.len()].copy_from_slice(handle);
+    // SAFETY: `h` is laid out as `struct file_handle` holding `bytes` bytes of handle.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            std::ptr::addr_of_mut!(h).cast(),
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
