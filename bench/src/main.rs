@@ -109,8 +109,9 @@ fn help_tail() -> String {
         "\nMethod:
   The lower trees are generated once per run (the same bytes every run) and shared read-only
   by all targets; each measurement mounts a fresh upper over one of them. In every round each
-  workload runs on all targets in turn (A, B, C, A, B, C ...). Cold workloads start after sync
-  and drop_caches; the others with their lower tree in the page cache. Reported per cell: the
+  workload runs on all targets in turn, each round starting one target further on (A, B, C;
+  B, C, A; ...). Cold workloads start after sync and drop_caches; the others after sync, with
+  their lower tree in the page cache. Reported per cell: the
   median wall time and its min-max over the timed rounds, the median of the per-round ratios
   to `overlay` (the same round's kernel overlay), and the FUSE daemon's CPU time (user +
   system from /proc/PID/stat; daemons run in the foreground as children of the bench).
