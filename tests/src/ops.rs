@@ -358,6 +358,18 @@ impl Ops {
         self.rec(format!("stat {}", esc(p)), r)
     }
 
+    /// lstat, permission bits only (`ok 0o6755`): for scenarios about set-id bits, whose
+    /// expected value `want` can then state.
+    pub fn mode(&mut self, p: impl AsRef<[u8]>) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let p = p.as_ref();
+        let r = match std::fs::symlink_metadata(self.path(p)) {
+            Err(e) => ioen(e),
+            Ok(m) => format!("ok {:#o}", m.permissions().mode() & 0o7777),
+        };
+        self.rec(format!("mode {}", esc(p)), r)
+    }
+
     /// stat following symlinks: type/mode/size only.
     pub fn stat_follow(&mut self, p: impl AsRef<[u8]>) -> String {
         let p = p.as_ref();

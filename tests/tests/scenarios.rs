@@ -1113,6 +1113,140 @@ fn write_clears_setuid_as_user() {
         });
 }
 
+/// The set-id rules around writes, truncates and chown, for a caller without CAP_FSETID
+/// (a user) and for root, on a lower file (copied up on the way) and on an upper one. The
+/// kernel kills suid on a user's write or truncate, sgid with group execute or for a caller
+/// outside the group, and nothing for root; chown kills suid (and sgid with group execute)
+/// even for root. Each step says what the kernel did.
+fn setid_scenario(name: &str, mode: u32, f: impl Fn(&mut Ops) + Send + Sync + 'static) {
+    let lower = Tree::new().file("low", mode, "#!/bin/true\n");
+    Scenario::new(name).lower(lower).run(move |o| {
+        o.write("up", "#!/bin/true\n");
+        o.chmod("up", mode);
+        f(o);
+    });
+}
+
+#[test]
+fn setid_user_truncate_and_open_trunc_clear() {
+    setid_scenario("setid_user_truncate_and_open_trunc_clear", 0o6777, |o| {
+        o.as_user(1000, 1000, |o| {
+            o.truncate("low", 3);
+            o.want("ok");
+            o.write("up", "x");
+            o.want("ok");
+        });
+        o.mode("low");
+        o.want("ok 0o777");
+        o.mode("up");
+        o.want("ok 0o777");
+    });
+}
+
+#[test]
+fn setid_user_writes_twice_upper_file() {
+    setid_scenario("setid_user_writes_twice_upper_file", 0o6777, |o| {
+        o.as_user(1000, 1000, |o| {
+            o.append("up", "x");
+            o.append("up", "y");
+            o.want("ok");
+        });
+        o.mode("up");
+        o.want("ok 0o777");
+        o.chmod("up", 0o6777);
+        o.as_user(1000, 1000, |o| {
+            o.append("up", "z");
+        });
+        o.mode("up");
+        o.want("ok 0o777");
+        o.read("up");
+    });
+}
+
+/// Set-group-id without group execute stays for a caller in the file's group, and goes for
+/// one outside it.
+#[test]
+fn setid_user_write_sgid_without_group_exec() {
+    setid_scenario("setid_user_write_sgid_without_group_exec", 0o6767, |o| {
+        o.as_user(1000, 0, |o| {
+            o.append("low", "x");
+            o.want("ok");
+            o.truncate("up", 1);
+            o.want("ok");
+        });
+        o.mode("low");
+        o.want("ok 0o2767");
+        o.mode("up");
+        o.want("ok 0o2767");
+        o.chmod("low", 0o6767);
+        o.as_user(1000, 1000, |o| {
+            o.append("low", "y");
+            o.want("ok");
+        });
+        o.mode("low");
+        o.want("ok 0o767");
+    });
+}
+
+#[test]
+fn setid_root_write_truncate_keep() {
+    setid_scenario("setid_root_write_truncate_keep", 0o6777, |o| {
+        o.append("low", "x");
+        o.truncate("up", 2);
+        o.write("up", "y");
+        o.mode("low");
+        o.want("ok 0o6777");
+        o.mode("up");
+        o.want("ok 0o6777");
+    });
+}
+
+#[test]
+fn setid_chown_keeping_ids_kills_suid() {
+    setid_scenario("setid_chown_keeping_ids_kills_suid", 0o6777, |o| {
+        o.chown("low", u32::MAX, u32::MAX);
+        o.chown("up", 0, 0);
+        o.mode("low");
+        o.want("ok 0o777");
+        o.mode("up");
+        o.want("ok 0o777");
+        o.chmod("low", 0o6767);
+        o.chown("low", u32::MAX, u32::MAX);
+        o.mode("low");
+        o.want("ok 0o2767");
+    });
+}
+
+/// A write removes file capabilities (`security.capability`), whoever writes: the kernel
+/// asks for them before writing and removes them (REMOVEXATTR) when present.
+#[test]
+fn setid_write_removes_file_capabilities() {
+    // VFS_CAP_REVISION_2 with CAP_NET_RAW permitted and effective.
+    let caps: &[u8] = &[
+        0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    setid_scenario("setid_write_removes_file_capabilities", 0o755, move |o| {
+        for f in ["low", "up"] {
+            o.setxattr(f, "security.capability", caps);
+            o.want("ok");
+            o.getxattr(f, "security.capability");
+            o.append(f, "x");
+            o.want("ok");
+            o.getxattr(f, "security.capability");
+            o.want("ENODATA");
+        }
+        o.chmod("up", 0o777);
+        o.setxattr("up", "security.capability", caps);
+        o.as_user(1000, 1000, |o| {
+            o.append("up", "y");
+            o.want("ok");
+        });
+        o.getxattr("up", "security.capability");
+        o.want("ENODATA");
+    });
+}
+
 // ---- read-only union, overlay-private names ------------------------------------------
 
 #[test]

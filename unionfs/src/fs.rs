@@ -233,6 +233,7 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             // A capability the kernel lacks only costs speed.
             let _ = config.add_capabilities(cap);
@@ -273,7 +274,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -297,6 +298,7 @@ impl Filesystem for FuseAdapter {
             atime: settime(atime),
             mtime: settime(mtime),
             fh: fh.map(|f| f.0),
+            caller: ctx(req),
         };
         let r = self.fs.setattr(ino.0, a);
         self.fs.flush_invalidations(true);
@@ -398,8 +400,8 @@ impl Filesystem for FuseAdapter {
         self.fs.flush_invalidations(false);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = self.fs.open_file(ino.0, flags.0);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.fs.open_file(ino.0, flags.0, &ctx(req));
         self.fs.flush_invalidations(true);
         let opened = match opened {
             Ok(o) => o,
@@ -445,16 +447,21 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: fuser::WriteFlags,
+        wf: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if wf.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.fs.kill_setid_of(ino.0, &ctx(req)) {
+                return reply.error(e.into());
+            }
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),

@@ -274,6 +274,8 @@ pub struct Inode {
     pub state: RwLock<State>,
     /// The node's open files, which decide how a new open may serve its data.
     pub opens: Mutex<Opens>,
+    /// Signalled when an open of the node has been released.
+    pub released: parking_lot::Condvar,
 }
 
 /// The kernel's rules for the opens of one inode: either all pass through to one backing
@@ -341,6 +343,7 @@ impl InodeTable {
             copyup: Mutex::new(()),
             state: RwLock::new(state),
             opens: Mutex::new(Opens::default()),
+            released: parking_lot::Condvar::new(),
         });
         self.map.insert(ROOT, Arc::clone(&inode));
         inode
@@ -398,6 +401,7 @@ impl InodeTable {
                         copyup: Mutex::new(()),
                         state: RwLock::new(state),
                         opens: Mutex::new(Opens::default()),
+                        released: parking_lot::Condvar::new(),
                     });
                     v.insert(Arc::clone(&inode));
                     return inode;

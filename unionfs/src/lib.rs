@@ -9,6 +9,7 @@ pub mod errno;
 pub mod fs;
 pub mod handle;
 pub mod inode;
+pub mod killpriv;
 pub mod layer;
 pub mod lookup;
 pub mod ops;

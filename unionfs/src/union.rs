@@ -18,7 +18,7 @@ use crate::layer::{fstat_fd, Layers};
 use crate::options::Passthrough;
 
 /// The caller of a request, for ownership of what it creates.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Ctx {
     pub uid: u32,
     pub gid: u32,

@@ -5,7 +5,9 @@ use nix::sys::time::TimeSpec;
 
 use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
-use crate::union::{Attr, UnionFs};
+use crate::inode::Real;
+use crate::killpriv::{self, Cause};
+use crate::union::{Attr, Ctx, UnionFs};
 
 /// A time to set: a given one or the current time.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +25,20 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+    /// Whose request it is (the set-id rules depend on it, see `killpriv`).
+    pub caller: crate::union::Ctx,
+}
+
+impl SetAttr {
+    /// Nothing to set: what the kernel sends when it wants the set-id bits cleared.
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
 }
 
 fn spec(t: Option<SetTime>) -> TimeSpec {
@@ -64,6 +80,11 @@ impl UnionFs {
             Data::Copy
         };
         let upper = ensure_upper(self, &inode, data)?;
+        if a.is_empty() {
+            self.kill_setid(&upper, &a.caller, Cause::Signalled)?;
+        } else if a.size.is_some() && a.mode.is_none() {
+            self.kill_setid(&upper, &a.caller, Cause::Write)?;
+        }
         if let Some(size) = a.size {
             let handle = a.fh.and_then(|fh| self.handles.file(fh));
             match handle {
@@ -84,5 +105,29 @@ impl UnionFs {
             upper.utimens(&spec(a.atime), &spec(a.mtime))?;
         }
         self.attr_of(&inode)
+    }
+
+    /// Clears the set-id bits of an upper object as the kernel's rules say for this caller
+    /// and cause (see `killpriv`).
+    pub fn kill_setid(&self, upper: &Real, caller: &Ctx, cause: Cause) -> Result<()> {
+        let st = upper.stat()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let clear = killpriv::bits_to_clear(st.st_mode, st.st_gid, caller, cause);
+        if clear != 0 {
+            upper.chmod(st.st_mode & 0o7777 & !clear)?;
+        }
+        Ok(())
+    }
+
+    /// `kill_setid` for the node of an open file (a write the kernel flagged).
+    pub fn kill_setid_of(&self, ino: u64, caller: &Ctx) -> Result<()> {
+        let inode = self.inode(ino)?;
+        let upper = inode.state.read().upper.clone();
+        match upper {
+            Some(u) => self.kill_setid(&u, caller, Cause::Write),
+            None => Ok(()),
+        }
     }
 }

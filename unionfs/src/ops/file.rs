@@ -53,12 +53,25 @@ pub struct Opened {
 }
 
 /// Whether a lower file passes through for some open of the node (`passthrough=all`).
-fn lower_backing_live(inode: &crate::inode::Inode) -> bool {
-    let opens = inode.opens.lock();
+fn lower_backing_live(opens: &crate::inode::Opens) -> bool {
     opens
         .backing
         .as_ref()
         .is_some_and(|b| b.lower && b.id.strong_count() > 0)
+}
+
+/// Waits a little for the node's lower passthrough opens to be released; whether they
+/// are. A file closed just before comes to us as a RELEASE the kernel sends in the
+/// background, which another request thread handles meanwhile.
+fn lower_backing_gone(inode: &crate::inode::Inode) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut opens = inode.opens.lock();
+    while lower_backing_live(&opens) {
+        if inode.released.wait_until(&mut opens, deadline).timed_out() {
+            return !lower_backing_live(&opens);
+        }
+    }
+    true
 }
 
 thread_local! {
@@ -132,11 +145,11 @@ impl UnionFs {
     }
 
     /// Opens the real file for a node; copies it up first when opened for writing.
-    pub fn open_file(&self, ino: u64, flags: i32) -> Result<Opened> {
+    pub fn open_file(&self, ino: u64, flags: i32, caller: &crate::union::Ctx) -> Result<Opened> {
         let inode = self.inode(ino)?;
         let real = if wants_write(flags) {
             self.check_writable()?;
-            if lower_backing_live(&inode) {
+            if !lower_backing_gone(&inode) {
                 // The kernel would open the lower file for writing as this open's backing
                 // (see `data_path`); refuse before copying up, as for a busy executable.
                 return Err(Errno(libc::ETXTBSY));
@@ -151,8 +164,12 @@ impl UnionFs {
             inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
         };
         let upper = real.layer == crate::inode::LayerRef::Upper;
+        let file = real.open(real_flags(flags))?;
+        if flags & libc::O_TRUNC != 0 {
+            self.kill_setid(&real, caller, crate::killpriv::Cause::Write)?;
+        }
         Ok(Opened {
-            file: real.open(real_flags(flags))?,
+            file,
             real: (real.dev, real.ino),
             upper,
             lower: if upper { None } else { Some(real) },
@@ -271,14 +288,23 @@ impl UnionFs {
     }
 
     pub fn release(&self, fh: u64) {
-        if let Some(h) = self.handles.remove_file(fh) {
-            if let Ok(inode) = self.inode(h.ino) {
-                let mut opens = inode.opens.lock();
-                opens.handles = opens.handles.saturating_sub(1);
-                if h.cached {
-                    opens.cached = opens.cached.saturating_sub(1);
-                }
+        let Some(h) = self.handles.remove_file(fh) else {
+            return;
+        };
+        let inode = self.inode(h.ino).ok();
+        if let Some(inode) = &inode {
+            let mut opens = inode.opens.lock();
+            opens.handles = opens.handles.saturating_sub(1);
+            if h.cached {
+                opens.cached = opens.cached.saturating_sub(1);
             }
+        }
+        // The last handle of a backing id closes it as it goes.
+        drop(h);
+        if let Some(inode) = inode {
+            // Under the lock, so that a waiter between its check and its wait still hears it.
+            let _opens = inode.opens.lock();
+            inode.released.notify_all();
         }
     }
 
