@@ -54,6 +54,8 @@ pub struct Sizes {
     pub few: Shape,
     /// The files that create makes (no lower).
     pub create: Shape,
+    /// The new file written in 4 KiB pieces.
+    pub write_bytes: u64,
     /// The lower tree that rm -rf deletes.
     pub delete: Shape,
     /// The source-like tree: tarball for untar, lower tree for tar.
@@ -85,6 +87,7 @@ impl Sizes {
                 sub: 10,
                 files: 100,
             },
+            write_bytes: 256 << 20,
             delete: Shape {
                 top: 10,
                 sub: 10,
@@ -119,6 +122,7 @@ impl Sizes {
                 files: 50,
             },
             create: small,
+            write_bytes: 4 << 20,
             delete: small,
             src: small,
         }

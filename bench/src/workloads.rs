@@ -84,7 +84,7 @@ fn bytes(v: u64) -> String {
     }
 }
 
-pub const ALL: [Workload; 17] = [
+pub const ALL: [Workload; 18] = [
     Workload {
         name: "stat-cold",
         describe: |s| {
@@ -312,6 +312,21 @@ pub const ALL: [Workload; 17] = [
         expect: |s| n(s.create.file_count()),
     },
     Workload {
+        name: "write-4k",
+        describe: |s| {
+            format!(
+                "write a new {} file in 4 KiB writes (empty lower)",
+                bytes(s.write_bytes)
+            )
+        },
+        lower: Tree::Empty,
+        writes: true,
+        deletes: false,
+        prep: Prep::Warm,
+        run: write_small_pieces,
+        expect: |s| s.write_bytes,
+    },
+    Workload {
         name: "rm-rf",
         describe: |s| {
             format!(
@@ -477,6 +492,20 @@ fn create_files(c: &Ctx) -> io::Result<u64> {
         }
     }
     Ok(count)
+}
+
+/// One file written 4 KiB at a time, as a logger or a database does; returns the bytes.
+fn write_small_pieces(c: &Ctx) -> io::Result<u64> {
+    let mut rng = Rng::new(8);
+    let mut block = [0u8; 4096];
+    rng.fill(&mut block);
+    let mut f = File::create(c.root.join("written.dat"))?;
+    let mut total = 0;
+    while total < c.sizes.write_bytes {
+        f.write_all(&block)?;
+        total += block.len() as u64;
+    }
+    Ok(total)
 }
 
 /// rm -rf: depth first, unlink the files, rmdir each directory once empty.
