@@ -151,6 +151,13 @@ impl Layout {
                 .map_err(|e| format!("mount -t overlay -o {kopts}: {e}"))?;
             }
             Target::Unionfs => {
+                // `DIFFTEST_UNIONFS_OPTS` adds options on the unionfs side only, to hold
+                // another configuration (e.g. `nopassthrough`) to the same oracle.
+                if let Ok(more) = std::env::var("DIFFTEST_UNIONFS_OPTS") {
+                    if !more.is_empty() {
+                        opts = format!("{opts},{more}");
+                    }
+                }
                 let bin = unionfs_bin();
                 if !bin.exists() {
                     return Err(format!("unionfs binary not found at {}", bin.display()));
