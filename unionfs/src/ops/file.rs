@@ -14,6 +14,7 @@ use nix::fcntl::{FallocateFlags, OFlag};
 use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::handle::FileHandle;
+use crate::options::Passthrough;
 use crate::union::UnionFs;
 
 /// The flags we pass on to the real open: access mode and synchronous-I/O flags. O_APPEND is
@@ -299,9 +300,12 @@ impl UnionFs {
                 opens.cached = opens.cached.saturating_sub(1);
             }
         }
+        // Only a write open waiting for a lower passthrough open to go listens (see
+        // `lower_backing_gone`), so only `passthrough=all` handles ring.
+        let ring = h.backing.is_some() && self.config.passthrough == Passthrough::All;
         // The last handle of a backing id closes it as it goes.
         drop(h);
-        if let Some(inode) = inode {
+        if let (true, Some(inode)) = (ring, inode) {
             // Under the lock, so that a waiter between its check and its wait still hears it.
             let _opens = inode.opens.lock();
             inode.released.notify_all();

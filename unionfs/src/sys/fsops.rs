@@ -183,17 +183,21 @@ pub fn listxattr_names(fd: &XPath) -> io::Result<Vec<Vec<u8>>> {
     }
 }
 
+/// Room for the handles of the filesystems we meet (ext4's are 8 bytes, btrfs's 40).
+const MAX_HANDLE: usize = 128;
+
+/// `struct file_handle` with room for MAX_HANDLE bytes of handle.
+#[repr(C)]
+struct Handle {
+    bytes: u32,
+    kind: i32,
+    f: [u8; MAX_HANDLE],
+}
+
 /// A file handle as `name_to_handle_at` returns it: (handle type, handle bytes).
 /// With an empty `name`, the handle of `dir` itself (`AT_EMPTY_PATH`, which takes `O_PATH`
 /// descriptors).
 pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(i32, Vec<u8>)> {
-    const MAX_HANDLE: usize = 128;
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        f: [u8; MAX_HANDLE],
-    }
     let mut h = Handle {
         bytes: MAX_HANDLE as u32,
         kind: 0,
@@ -325,13 +329,6 @@ pub fn open_by_handle(
     handle: &[u8],
     flags: i32,
 ) -> io::Result<OwnedFd> {
-    const MAX_HANDLE: usize = 128;
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        f: [u8; MAX_HANDLE],
-    }
     if handle.len() > MAX_HANDLE {
         return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
     }
