@@ -96,7 +96,7 @@ struct Cli {
 }
 
 fn help_tail() -> String {
-    let mut h = String::from("Targets (--targets; one not installed is reported as skipped):\n");
+    let mut h = String::from("Targets (--targets; a peer not installed is reported as skipped; any other target\nthat cannot run, or a workload that fails, makes the run exit non-zero):\n");
     for (name, what) in targets::catalog() {
         let _ = writeln!(h, "  {name:<18}{what}");
     }
@@ -211,6 +211,16 @@ fn run() -> Result<ExitCode, String> {
         }
     }
     let asked: Vec<&Target> = chosen_targets.iter().map(|&i| &all[i]).collect();
+    if let Some((t, why)) = asked
+        .iter()
+        .filter(|t| t.is_required())
+        .find_map(|t| t.skipped.as_ref().map(|why| (t, why)))
+    {
+        return Err(format!(
+            "{} cannot be measured: {why} (only peers may be missing)",
+            t.name
+        ));
+    }
     let measured: Vec<&Target> = asked
         .iter()
         .copied()
@@ -263,6 +273,19 @@ fn run() -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     eprintln!("bench: done in {:.0}s", start.elapsed().as_secs_f64());
+    // A cell that failed is a workload that did not run on a target: the run did not do
+    // what it was asked, whatever it printed (CI relies on this).
+    let failed = report
+        .results
+        .cells
+        .iter()
+        .flatten()
+        .filter(|c| c.error.is_some())
+        .count();
+    if failed > 0 {
+        eprintln!("bench: {failed} workload-target cells failed (see Errors in the report)");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -116,6 +116,12 @@ impl Target {
         self.kind == Kind::Plain
     }
 
+    /// The machine's own or this workspace's: the kernel's overlay, a plain directory, our
+    /// daemon. Unlike a peer, one of these that cannot run is an error, not a skip.
+    pub fn is_required(&self) -> bool {
+        matches!(self.kind, Kind::Plain | Kind::Overlay(_) | Kind::Unionfs(_))
+    }
+
     pub fn is_fuse(&self) -> bool {
         matches!(
             self.kind,
