@@ -1217,6 +1217,39 @@ fn setid_chown_keeping_ids_kills_suid() {
     });
 }
 
+/// The other ways a user modifies a file's data clear set-user-id too: pwrite, fallocate,
+/// and copy_file_range into it.
+#[test]
+fn setid_user_pwrite_fallocate_copy_range_clear() {
+    setid_scenario(
+        "setid_user_pwrite_fallocate_copy_range_clear",
+        0o4777,
+        |o| {
+            o.write("src", "data");
+            o.chmod("src", 0o644);
+            o.chmod("up", 0o4777);
+            o.as_user(1000, 1000, |o| {
+                o.pwrite("low", 1, "x");
+                o.want("ok");
+                o.fallocate("up", 0, 0, 8192);
+                o.want("ok");
+            });
+            o.mode("low");
+            o.want("ok 0o777");
+            o.mode("up");
+            o.want("ok 0o777");
+            o.chmod("up", 0o4777);
+            o.as_user(1000, 1000, |o| {
+                o.copy_file_range("src", "up", 4);
+                o.want("ok 4");
+            });
+            o.mode("up");
+            o.want("ok 0o777");
+            o.read("up");
+        },
+    );
+}
+
 /// A write removes file capabilities (`security.capability`), whoever writes: the kernel
 /// asks for them before writing and removes them (REMOVEXATTR) when present.
 #[test]
