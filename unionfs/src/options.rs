@@ -192,7 +192,7 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   workdir=DIR            Scratch directory for atomic copy-up; same filesystem as upperdir, not
                          inside it; required with upperdir. Locked while mounted.
   userxattr              Keep overlay metadata in user.overlay.* xattrs instead of trusted.*.
-  volatile               Do not fsync copied-up data before it is renamed into place, as
+  volatile               Do not fsync copied-up data before it is put into place, as
                          the kernel's option (faster; a crash may lose recent copy-ups).
   fsync=0|1              fsync=0 is the same as volatile; fsync=1 is the default.
   redirect_dir=off|on|follow|nofollow
@@ -689,7 +689,7 @@ pub fn validate(opts: &Options) -> Result<Option<File>, OptionsError> {
     }
     if let (Some(u), Some(w)) = (&upper, &work) {
         refuse_overlap(w, u)?;
-        // Copy-up renames from workdir into upperdir, which only works within one filesystem.
+        // Copy-up links or renames from workdir into upperdir: only within one filesystem.
         if u.dev != w.dev {
             return err(format!(
                 "workdir '{}' and upperdir '{}' are on different filesystems",
