@@ -3,32 +3,32 @@
 
 use std::process::Command;
 
-fn bench() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bench"))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Runs the bench with `args`; None (with a note) when not root, as the bench mounts.
+fn run_bench(args: &[&str]) -> Option<std::process::Output> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: the bench mounts, so it runs as root only");
+        return None;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the bench: {e}"));
+    Some(out)
 }
 
 #[test]
 fn our_daemon_that_cannot_run_fails_the_run() {
-    if !is_root() {
-        println!("SKIPPED: the bench mounts, so it runs as root only");
+    let Some(out) = run_bench(&[
+        "--quick",
+        "--targets",
+        "unionfs",
+        "--workloads",
+        "stat-warm",
+        "--unionfs",
+        "/bin/true",
+    ]) else {
         return;
-    }
-    let out = bench()
-        .args([
-            "--quick",
-            "--targets",
-            "unionfs",
-            "--workloads",
-            "stat-warm",
-            "--unionfs",
-            "/bin/true",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the bench: {e}"));
+    };
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "exit status {:?}: {err}", out.status);
     assert!(
@@ -39,20 +39,15 @@ fn our_daemon_that_cannot_run_fails_the_run() {
 
 #[test]
 fn a_run_of_required_targets_succeeds_and_prints_each_workload() {
-    if !is_root() {
-        println!("SKIPPED: the bench mounts, so it runs as root only");
+    let Some(out) = run_bench(&[
+        "--quick",
+        "--targets",
+        "plain,overlay",
+        "--workloads",
+        "stat-warm,write-4k",
+    ]) else {
         return;
-    }
-    let out = bench()
-        .args([
-            "--quick",
-            "--targets",
-            "plain,overlay",
-            "--workloads",
-            "stat-warm,write-4k",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the bench: {e}"));
+    };
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit status {:?}: {err}", out.status);
     let table = String::from_utf8_lossy(&out.stdout);
