@@ -16,7 +16,14 @@ use common::*;
 
 const USER: &str = "unionfs-test";
 
+/// Creates the test user once per test binary: two tests calling `useradd` at the same
+/// time made one of them find no user (fusermount3: "could not determine username").
 fn ensure_user() -> u32 {
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UID.get_or_init(create_user)
+}
+
+fn create_user() -> u32 {
     let id = |_: ()| {
         Command::new("id")
             .args(["-u", USER])
@@ -37,7 +44,7 @@ fn ensure_user() -> u32 {
         .args(["--no-create-home", "--shell", "/bin/sh", USER])
         .status()
         .unwrap_or_else(|e| panic!("useradd: {e}"));
-    // Another test binary may have raced us to it.
+    // Another test binary may have raced us to it: then the user exists all the same.
     let _ = st;
     id(()).unwrap_or_else(|| panic!("cannot create user {USER}"))
 }
