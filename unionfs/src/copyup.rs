@@ -68,6 +68,8 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
         st.upper = Some(upper.clone());
         std::mem::take(&mut st.aliases)
     };
+    fs.inodes
+        .shows_upper(inode, Some((src.dev, src.ino)), (upper.dev, upper.ino));
     // The other names of a lower hard link still show the lower file: the kernel must
     // look them up again and get a node of their own.
     crate::union::defer_invalidations(aliases);

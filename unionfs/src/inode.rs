@@ -316,9 +316,38 @@ fn same_object(a: &State, upper: Option<&Real>, lower: Option<&Real>) -> bool {
     }
 }
 
+/// The key of the object a node shows, for `InodeTable::by_object`.
+fn object_key(st: &State) -> Option<(u64, u64)> {
+    st.real().map(|r| (r.dev, r.ino))
+}
+
+/// Counts one more lookup of an existing node reached through `found`.
+fn reuse(inode: &Inode, found: State) {
+    inode.lookups.fetch_add(1, Ordering::Relaxed);
+    let mut st = inode.state.write();
+    // A hard link may be reached through another name: remember the latest one, the one a
+    // copy-up would use.
+    if !inode.is_dir() && (st.parent != found.parent || st.name != found.name) {
+        let old = (st.parent, std::mem::take(&mut st.name));
+        if !st.aliases.contains(&old) {
+            st.aliases.push(old);
+        }
+        st.aliases
+            .retain(|a| a.0 != found.parent || a.1 != found.name);
+        st.parent = found.parent;
+        st.name = found.name;
+    }
+    if st.lowers.is_empty() && !found.lowers.is_empty() && inode.is_dir() {
+        st.lowers = found.lowers;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
+    /// The node showing each real object, by the object's (st_dev, st_ino): the upper
+    /// one, else the first lower one (see `get_or_insert`).
+    by_object: DashMap<(u64, u64), u64>,
     next_synthetic: AtomicU64,
 }
 
@@ -326,6 +355,7 @@ impl InodeTable {
     pub fn new() -> Self {
         InodeTable {
             map: DashMap::new(),
+            by_object: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
         }
     }
@@ -349,51 +379,57 @@ impl InodeTable {
         inode
     }
 
-    /// The node for a found object, counting one lookup: the existing node when it is the
+    /// The node for a found object, counting one lookup: the node that already shows the
     /// same object, else a new one under `natural` (or a synthetic number on a clash).
+    ///
+    /// Nodes are found by the object they show, as the kernel's overlay finds its inodes
+    /// by their real inode, not by the number computed for them: a number can come out
+    /// differently for one object (an origin record read through another parent), and
+    /// two nodes for one object would let a rename move one while the other keeps the
+    /// stale name. Lock order: `by_object`'s entry, then `map`'s.
     pub fn get_or_insert(&self, natural: u64, kind: u32, state: State) -> Arc<Inode> {
-        let mut candidate = natural;
-        if candidate <= ROOT || candidate >= SYNTHETIC_BASE {
-            candidate = self.synthetic();
-        }
-        loop {
-            match self.map.entry(candidate) {
-                dashmap::Entry::Occupied(e) => {
-                    let existing = e.get();
+        let Some(key) = object_key(&state) else {
+            return self.insert_numbered(natural, kind, state);
+        };
+        match self.by_object.entry(key) {
+            dashmap::Entry::Occupied(mut e) => {
+                if let Some(existing) = self.get(*e.get()) {
                     let same = existing.kind == kind && {
                         let st = existing.state.read();
                         !st.unlinked && same_object(&st, state.upper.as_ref(), state.lowers.first())
                     };
                     if same {
-                        existing.lookups.fetch_add(1, Ordering::Relaxed);
-                        let inode = Arc::clone(existing);
                         drop(e);
-                        // A hard link may be reached through another name: remember the
-                        // latest one, the one a copy-up would use.
-                        {
-                            let mut st = inode.state.write();
-                            if !inode.is_dir()
-                                && (st.parent != state.parent || st.name != state.name)
-                            {
-                                let old = (st.parent, std::mem::take(&mut st.name));
-                                if !st.aliases.contains(&old) {
-                                    st.aliases.push(old);
-                                }
-                                st.aliases
-                                    .retain(|a| a.0 != state.parent || a.1 != state.name);
-                                st.parent = state.parent;
-                                st.name = state.name;
-                            }
-                            if st.lowers.is_empty() && !state.lowers.is_empty() && inode.is_dir() {
-                                st.lowers = state.lowers;
-                            }
-                        }
-                        return inode;
+                        reuse(&existing, state);
+                        return existing;
                     }
-                    drop(e);
-                    candidate = self.synthetic();
                 }
+                let inode = self.insert_numbered(natural, kind, state);
+                e.insert(inode.ino);
+                inode
+            }
+            dashmap::Entry::Vacant(v) => {
+                let inode = self.insert_numbered(natural, kind, state);
+                v.insert(inode.ino);
+                inode
+            }
+        }
+    }
+
+    /// A new node under `natural`, or under a synthetic number when a live node has it.
+    fn insert_numbered(&self, natural: u64, kind: u32, state: State) -> Arc<Inode> {
+        let mut candidate = natural;
+        if candidate <= ROOT || candidate >= SYNTHETIC_BASE {
+            candidate = self.synthetic();
+        }
+        let mut state = Some(state);
+        loop {
+            match self.map.entry(candidate) {
+                dashmap::Entry::Occupied(_) => candidate = self.synthetic(),
                 dashmap::Entry::Vacant(v) => {
+                    let Some(state) = state.take() else {
+                        continue;
+                    };
                     let inode = Arc::new(Inode {
                         ino: candidate,
                         kind,
@@ -410,6 +446,14 @@ impl InodeTable {
         }
     }
 
+    /// Records that `inode` now shows its upper object (after a copy-up).
+    pub fn shows_upper(&self, inode: &Inode, lower: Option<(u64, u64)>, upper: (u64, u64)) {
+        if let Some(old) = lower {
+            self.by_object.remove_if(&old, |_, v| *v == inode.ino);
+        }
+        self.by_object.insert(upper, inode.ino);
+    }
+
     fn synthetic(&self) -> u64 {
         self.next_synthetic.fetch_add(1, Ordering::Relaxed)
     }
@@ -419,13 +463,18 @@ impl InodeTable {
         if ino == ROOT {
             return;
         }
-        self.map.remove_if(&ino, |_, inode| {
+        let gone = self.map.remove_if(&ino, |_, inode| {
             let prev = inode.lookups.fetch_sub(
                 n.min(inode.lookups.load(Ordering::Relaxed)),
                 Ordering::Relaxed,
             );
             prev <= n
         });
+        if let Some((_, inode)) = gone {
+            if let Some(key) = object_key(&inode.state.read()) {
+                self.by_object.remove_if(&key, |_, v| *v == ino);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -63,6 +63,9 @@ pub struct Layer {
     pub fsid: u64,
     /// The filesystem's UUID, recorded in origin file handles.
     pub uuid: [u8; 16],
+    /// The root opened for reading, the form `open_by_handle_at` takes (not `O_PATH`);
+    /// None where the layer root cannot be read.
+    handles: Option<OwnedFd>,
 }
 
 impl Layer {
@@ -117,12 +120,20 @@ impl Layers {
             let st = fstat_fd(root.as_fd())?;
             let dev = st.st_dev;
             let uuid = crate::sys::fsops::fs_uuid(root.as_fd());
+            let handles = nix::fcntl::openat(
+                root.as_fd(),
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok();
             Ok(Layer {
                 path: path.to_path_buf(),
                 root,
                 dev,
                 fsid: fsid_of(dev),
                 uuid,
+                handles,
             })
         };
         // The upper first, so that its filesystem gets fsid 0.
@@ -148,6 +159,40 @@ impl Layers {
 
     pub fn read_only(&self) -> bool {
         self.upper.is_none()
+    }
+
+    /// The inode number `stat` shows for an upper object whose origin record is `record`:
+    /// the origin's, on its filesystem (see `natural_ino`). As the kernel does, the lower
+    /// object is found by opening its file handle, since a handle's layout is the
+    /// filesystem's own (tmpfs puts the generation first, ext4 the inode number); only
+    /// without the privilege for that is the layout of the common handle types read.
+    pub fn origin_ino(&self, record: &[u8]) -> Option<u64> {
+        let (kind, fid) = crate::origin::handle(record)?;
+        let mut tried: Vec<u64> = Vec::new();
+        for l in &self.lowers {
+            let Some(h) = &l.handles else { continue };
+            if tried.contains(&l.dev) {
+                continue;
+            }
+            tried.push(l.dev);
+            match crate::sys::fsops::open_by_handle(h.as_fd(), kind, fid, libc::O_PATH) {
+                Ok(fd) => {
+                    let st = fstat_fd(fd.as_fd()).ok()?;
+                    if st.st_dev == l.dev {
+                        return Some(crate::inode::natural_ino(st.st_ino, l.fsid));
+                    }
+                }
+                // Not allowed to open handles (no CAP_DAC_READ_SEARCH): read the layout.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    let fsid = self.lowers.first().map_or(0, |l| l.fsid);
+                    return crate::origin::decode_ino(record)
+                        .map(|ino| crate::inode::natural_ino(ino, fsid));
+                }
+                // Not on this filesystem, or gone from it.
+                Err(_) => {}
+            }
+        }
+        None
     }
 }
 

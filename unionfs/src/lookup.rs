@@ -191,8 +191,11 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
             // origin, as the kernel's lookup does (`ovl_fix_origin`).
             fix_origin = record.is_none() && kind == libc::S_IFDIR && !lowers.is_empty();
             let origin = match (&record, lowers.first()) {
-                (Some(v), _) => crate::origin::decode_ino(v),
-                (None, Some((l, _))) if fix_origin => Some(l.ino),
+                (Some(v), _) => layers.origin_ino(v),
+                (None, Some((l, _))) if fix_origin => Some(crate::inode::natural_ino(
+                    l.ino,
+                    layer_fsid(layers, l.layer),
+                )),
                 _ => None,
             };
             if kind == libc::S_IFDIR {
@@ -201,10 +204,7 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
                     .flatten()
                     .is_some();
             }
-            match origin {
-                Some(o) => crate::inode::natural_ino(o, origin_fsid(layers, &lowers)),
-                None => u.ino,
-            }
+            origin.unwrap_or(u.ino)
         }
         None => match lowers.first() {
             Some((l, _)) => crate::inode::natural_ino(l.ino, layer_fsid(layers, l.layer)),
@@ -226,18 +226,5 @@ pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
     match l {
         LayerRef::Upper => 0,
         LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
-    }
-}
-
-/// The filesystem an origin lives on: the merged lower's, or the first lower's.
-fn origin_fsid(layers: &Layers, lowers: &[(Real, FileStat)]) -> u64 {
-    match lowers.first() {
-        Some((l, _)) => layer_fsid(layers, l.layer),
-        None => layers
-            .lowers
-            .iter()
-            .find(|l| l.fsid == 0)
-            .or(layers.lowers.first())
-            .map_or(0, |l| l.fsid),
     }
 }

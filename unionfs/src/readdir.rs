@@ -169,9 +169,7 @@ pub fn merged(layers: &Layers, st: &State) -> Result<(Vec<Entry>, bool)> {
 fn upper_entry_ino(layers: &Layers, dir: &Arc<OwnedFd>, name: &OsStr) -> Option<u64> {
     let x = crate::sys::fsops::XPath::at(Arc::clone(dir), name);
     let v = crate::sys::fsops::getxattr_vec(&x, layers.ns.origin()).ok()??;
-    let ino = crate::origin::decode_ino(&v)?;
-    let fsid = layers.lowers.first().map_or(0, |l| l.fsid);
-    Some(natural_ino(ino, fsid))
+    layers.origin_ino(&v)
 }
 
 /// Whether a merged directory shows no entries (whiteouts do not count).
