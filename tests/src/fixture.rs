@@ -25,6 +25,67 @@ pub fn unionfs_bin() -> PathBuf {
     deps.parent().unwrap_or(deps).join("unionfs")
 }
 
+/// Where the layers live (`DIFFTEST_LAYOUT`). Layers on one filesystem hide bugs that
+/// layers on two show (inode numbers, st_dev, file handles): image stores and container
+/// scratch space are often separate disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Everything on the scratch filesystem under /tmp (ext4 here).
+    OneFs,
+    /// The lowers on one tmpfs, upper and work on another.
+    TwoTmpfs,
+    /// The lowers on the scratch filesystem, upper and work on a tmpfs.
+    Ext4Tmpfs,
+    /// The top lower on a tmpfs, the other lowers, upper and work on the scratch
+    /// filesystem: lowers on different filesystems.
+    SplitLowers,
+}
+
+impl Placement {
+    /// The placement chosen by `DIFFTEST_LAYOUT` (`onefs`, `tmpfs2`, `ext4-tmpfs`,
+    /// `split-lowers`); one filesystem by default.
+    pub fn from_env() -> Placement {
+        match std::env::var("DIFFTEST_LAYOUT").as_deref() {
+            Err(_) | Ok("") | Ok("onefs") => Placement::OneFs,
+            Ok("tmpfs2") => Placement::TwoTmpfs,
+            Ok("ext4-tmpfs") => Placement::Ext4Tmpfs,
+            Ok("split-lowers") => Placement::SplitLowers,
+            Ok(other) => panic!(
+                "DIFFTEST_LAYOUT must be onefs, tmpfs2, ext4-tmpfs or split-lowers, not {other:?}"
+            ),
+        }
+    }
+}
+
+/// A tmpfs mounted for a layout, unmounted (lazily if busy) on drop. With 32-bit inode
+/// numbers (`inode32`, as on ext4) the kernel's overlay can use `xino` across the
+/// filesystems, and so gives st_ino and d_ino the same rules on every layout (overlayfs.rst,
+/// "Inode properties"); the union always does, FUSE having one st_dev for all its files.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf) -> Tmpfs {
+        std::fs::create_dir(&at).expect("mkdir tmpfs mount point");
+        mount(
+            Some("dt-tmpfs"),
+            &at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755,inode32"),
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", at.display()));
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if umount(&self.0).is_err() {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// The directories of one side.
 pub struct Layout {
     pub lowers: Vec<PathBuf>,
@@ -33,6 +94,10 @@ pub struct Layout {
     pub mnt: PathBuf,
     pub root: PathBuf,
     extra_work: usize,
+    /// Where workdirs are made (`fresh_workdir`): the upper's filesystem.
+    work_parent: PathBuf,
+    /// The tmpfs mounts the placement needs, unmounted before the tree is removed.
+    _tmpfs: Vec<Tmpfs>,
     // Last field: dropped (recursively removed) after everything else.
     _tmp: tempfile::TempDir,
 }
@@ -54,8 +119,30 @@ impl Layout {
         // 0755 so that scenarios running as another uid can reach m/.
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod tempdir");
-        let mk = |n: &str| {
-            let p = root.join(n);
+        let placement = Placement::from_env();
+        let mut tmpfs = Vec::new();
+        let mut on_tmpfs = |n: &str| -> PathBuf {
+            let t = Tmpfs::mount(root.join(n));
+            let p = t.0.clone();
+            tmpfs.push(t);
+            p
+        };
+        let (lower_base, top_lower_base, upper_base) = match placement {
+            Placement::OneFs => (root.clone(), root.clone(), root.clone()),
+            Placement::TwoTmpfs => {
+                let l = on_tmpfs("lfs");
+                (l.clone(), l, on_tmpfs("ufs"))
+            }
+            Placement::Ext4Tmpfs => (root.clone(), root.clone(), on_tmpfs("ufs")),
+            Placement::SplitLowers => (root.clone(), on_tmpfs("l1fs"), root.clone()),
+        };
+        // A layer away from the root is also named root/NAME (a symlink), where scenarios
+        // read layers directly (`Ops::ino_as_layer`).
+        let mk = |base: &Path, n: &str| {
+            let p = base.join(n);
+            if base != root.as_path() {
+                std::os::unix::fs::symlink(&p, root.join(n)).expect("symlink to layer");
+            }
             std::fs::create_dir(&p).expect("mkdir");
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .expect("chmod");
@@ -63,23 +150,24 @@ impl Layout {
         };
         let mut ls = Vec::new();
         for (i, t) in lowers.iter().enumerate() {
-            let p = mk(&format!("l{}", i + 1));
+            let base = if i == 0 { &top_lower_base } else { &lower_base };
+            let p = mk(base, &format!("l{}", i + 1));
             t.build(&p)
                 .unwrap_or_else(|e| panic!("building lower {}: {e}", i + 1));
             ls.push(p);
         }
         let (u, w) = if with_upper {
-            let u = mk("u");
+            let u = mk(&upper_base, "u");
             if let Some(t) = upper {
                 t.build(&u)
                     .unwrap_or_else(|e| panic!("building upper: {e}"));
             }
-            (Some(u), Some(mk("w")))
+            (Some(u), Some(mk(&upper_base, "w")))
         } else {
             assert!(upper.is_none(), "upper tree given for a read-only union");
             (None, None)
         };
-        let mnt = mk("m");
+        let mnt = mk(&root, "m");
         Layout {
             lowers: ls,
             upper: u,
@@ -87,6 +175,8 @@ impl Layout {
             mnt,
             root,
             extra_work: 0,
+            work_parent: upper_base,
+            _tmpfs: tmpfs,
             _tmp: tmp,
         }
     }
@@ -94,7 +184,7 @@ impl Layout {
     /// Switches to a new, empty workdir (for remounting the same layers).
     pub fn fresh_workdir(&mut self) {
         self.extra_work += 1;
-        let p = self.root.join(format!("w{}", self.extra_work + 1));
+        let p = self.work_parent.join(format!("w{}", self.extra_work + 1));
         std::fs::create_dir(&p).expect("mkdir workdir");
         self.work = Some(p);
     }
@@ -135,7 +225,13 @@ impl Layout {
                 } else {
                     "off"
                 };
-                let kopts = format!("{opts},redirect_dir={redirect},index=off,metacopy=off");
+                let mut kopts = format!("{opts},redirect_dir={redirect},index=off,metacopy=off");
+                // Across filesystems the kernel makes inode numbers unique only with xino,
+                // which it does not pick by itself for tmpfs; unionfs always does (one FUSE
+                // st_dev for every file).
+                if Placement::from_env() != Placement::OneFs {
+                    kopts += ",xino=on";
+                }
                 let flags = if self.upper.is_none() {
                     MsFlags::MS_RDONLY
                 } else {
@@ -151,6 +247,10 @@ impl Layout {
                 .map_err(|e| format!("mount -t overlay -o {kopts}: {e}"))?;
             }
             Target::Unionfs => {
+                // The same xino as the kernel's side gets.
+                if Placement::from_env() != Placement::OneFs {
+                    opts += ",xino=on";
+                }
                 // `DIFFTEST_UNIONFS_OPTS` adds options on the unionfs side only, to hold
                 // another configuration (e.g. `nopassthrough`) to the same oracle.
                 if let Ok(more) = std::env::var("DIFFTEST_UNIONFS_OPTS") {

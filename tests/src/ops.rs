@@ -507,6 +507,8 @@ impl Ops {
     ) -> String {
         let (p, lp) = (p.as_ref(), lp.as_ref());
         let base = self.root.parent().unwrap_or(&self.root).join(layer);
+        // The layer may sit on a filesystem of its own, named here by a symlink.
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
         let lpath = if lp.is_empty() {
             base
         } else {
@@ -516,9 +518,11 @@ impl Ops {
             std::fs::symlink_metadata(self.path(p)),
             std::fs::symlink_metadata(lpath),
         ) {
+            // Across filesystems the kernel (xino) and unionfs put the filesystem's index
+            // in the top bits: the layer's own number is in the rest.
             (Ok(x), Ok(y)) => format!(
                 "ok {}",
-                if x.ino() == y.ino() {
+                if x.ino() & XINO_LOW == y.ino() & XINO_LOW {
                     "same"
                 } else {
                     "different"
@@ -1004,3 +1008,7 @@ fn readdir_checked(path: &Path) -> String {
     }
     s
 }
+
+/// The bits of an inode number below those where xino puts the filesystem's index (the
+/// kernel uses the top 1-8 bits, unionfs bits 56-63).
+const XINO_LOW: u64 = (1 << 56) - 1;

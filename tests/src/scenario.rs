@@ -29,6 +29,17 @@ pub fn require_root(name: &str) -> bool {
     }
 }
 
+/// Whether the layers are on one filesystem (`DIFFTEST_LAYOUT`); a scenario that only
+/// means something there says so on stderr (seen by `cargo test`) when it does not run.
+pub fn require_one_fs(name: &str, why: &str) -> bool {
+    if crate::fixture::Placement::from_env() == crate::fixture::Placement::OneFs {
+        return true;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED on this layout: {name}: {why}");
+    false
+}
+
 /// Everything observed on one side.
 #[derive(Debug, Default)]
 pub struct SideResult {

@@ -118,6 +118,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
             options::Passthrough::Off
         }),
         dir_fd_budget: 0,
+        xino_on: opts.xino_on,
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

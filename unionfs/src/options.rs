@@ -142,6 +142,10 @@ pub struct Options {
     pub userxattr: bool,
     /// `volatile`, or `fsync=0`.
     pub volatile: bool,
+    /// `xino=on`: as the kernel then does, new directories in merged ones are made
+    /// opaque (the kernel's "no offline changes" rule). Inode numbers are unique across
+    /// the layers' filesystems with every value (one FUSE st_dev for all files).
+    pub xino_on: bool,
     pub redirect_dir: RedirectDir,
     /// `passthrough[=MODE]` or `nopassthrough`; None when not given (the daemon then picks
     /// `Upper` as root, `Off` otherwise).
@@ -209,7 +213,10 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   threads=N              Number of request-serving threads (N >= 1).
   noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).
-  xino=on|off|auto, index=off, metacopy=off
+  xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
+                         value (FUSE has one st_dev). With on, as the kernel's overlay,
+                         a new directory in a merged one is made opaque.
+  index=off, metacopy=off
                          Accepted for kernel overlayfs compatibility; no effect.
                          index=on, metacopy=on, uidmapping= and gidmapping= are refused.
 Mount options passed to the kernel:
@@ -358,6 +365,7 @@ struct Builder {
     workdir: Option<PathBuf>,
     userxattr: bool,
     volatile: bool,
+    xino_on: bool,
     redirect_dir: RedirectDir,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
@@ -517,8 +525,10 @@ impl Builder {
             b"xino" => {
                 self.once("xino", "xino")?;
                 match value_of("xino")? {
-                    // FUSE hands out its own inode numbers, so xino has nothing to choose.
-                    b"on" | b"off" | b"auto" => {}
+                    // FUSE hands out its own inode numbers: they follow xino's rules
+                    // always. Only xino=on changes what is written (see `xino_on`).
+                    b"on" => self.xino_on = true,
+                    b"off" | b"auto" => self.xino_on = false,
                     v => {
                         return err(format!(
                             "invalid value '{}' for xino (expected on, off or auto)",
@@ -597,6 +607,7 @@ impl Builder {
             debug,
             userxattr: self.userxattr,
             volatile: self.volatile,
+            xino_on: self.xino_on,
             redirect_dir: self.redirect_dir,
             passthrough: self.passthrough,
             threads: self.threads,

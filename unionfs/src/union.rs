@@ -34,6 +34,8 @@ pub struct Config {
     pub passthrough: Passthrough,
     /// How many directory descriptors to keep open; 0: three quarters of the file limit.
     pub dir_fd_budget: usize,
+    /// `xino=on` (see `Options::xino_on`).
+    pub xino_on: bool,
 }
 
 /// Attributes as the union shows them.

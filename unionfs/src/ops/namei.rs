@@ -176,6 +176,14 @@ impl UnionFs {
             Ok(file) => {
                 let real = upper_real(pdir, name, obj.is_dir(), None)?;
                 own(&real, ctx, setgid, &obj)?;
+                // The kernel with xino=on allows no offline change of the lowers, and so
+                // makes a new directory in a merged one opaque (an optimisation there,
+                // allowed to fail: so here too).
+                if obj.is_dir() && self.config.xino_on && !p.state.read().lowers.is_empty() {
+                    if let Ok(x) = real.xpath() {
+                        let _ = crate::sys::fsops::setxattr(&x, self.layers.ns.opaque(), b"y", 0);
+                    }
+                }
                 (real, file)
             }
             Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir_fd.as_fd(), name) => {
