@@ -266,7 +266,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
+        match self.fs.retry(|| self.fs.getattr(ino.0, fh.map(|f| f.0))) {
             Ok(a) => reply.attr(&TTL, &fattr(&a)),
             Err(e) => reply.error(e.into()),
         }
@@ -300,7 +300,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
             caller: ctx(req),
         };
-        let r = self.fs.setattr(ino.0, a);
+        let r = self.fs.retry(|| self.fs.setattr(ino.0, a));
         self.fs.flush_invalidations(true);
         match r {
             Ok(a) => reply.attr(&TTL, &fattr(&a)),
@@ -309,7 +309,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.fs.retry(|| self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.into()),
         }
@@ -395,13 +395,17 @@ impl Filesystem for FuseAdapter {
     ) {
         entry(
             reply,
-            self.fs.link(ino.0, newparent.0, newname).map(|(_, a)| a),
+            self.fs
+                .retry(|| self.fs.link(ino.0, newparent.0, newname))
+                .map(|(_, a)| a),
         );
         self.fs.flush_invalidations(false);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = self.fs.open_file(ino.0, flags.0, &ctx(req));
+        let opened = self
+            .fs
+            .retry(|| self.fs.open_file(ino.0, flags.0, &ctx(req)));
         self.fs.flush_invalidations(true);
         let opened = match opened {
             Ok(o) => o,
@@ -635,21 +639,23 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.fs.setxattr(ino.0, name, value, flags);
+        let r = self
+            .fs
+            .retry(|| self.fs.setxattr(ino.0, name, value, flags));
         self.fs.flush_invalidations(true);
         empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.fs.getxattr(ino.0, name));
+        xattr_reply(reply, size, self.fs.retry(|| self.fs.getxattr(ino.0, name)));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.fs.listxattr(ino.0));
+        xattr_reply(reply, size, self.fs.retry(|| self.fs.listxattr(ino.0)));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.fs.removexattr(ino.0, name);
+        let r = self.fs.retry(|| self.fs.removexattr(ino.0, name));
         self.fs.flush_invalidations(true);
         empty(reply, r);
     }

@@ -76,10 +76,43 @@ impl Real {
         self.dir_ref()?.fd()
     }
 
+    /// Whether the object is reached by a name that another request can take from it: an
+    /// upper name can be renamed over or removed while a request on this node runs (lower
+    /// layers never change).
+    fn by_upper_name(&self) -> bool {
+        matches!(self.loc, Loc::At(..)) && self.layer == LayerRef::Upper
+    }
+
+    /// Fails with `Errno::ESTALE` when `st` is not this object: its name now names another
+    /// one (or nothing). Callers look the node's object up again (`UnionFs::retry`).
+    fn check_same(&self, st: &FileStat) -> Result<()> {
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino) {
+            Ok(())
+        } else {
+            Err(Errno::ESTALE)
+        }
+    }
+
     fn handle(&self) -> Result<Handle> {
         Ok(match &self.loc {
             Loc::Dir(d) => Handle::Own(d.fd()?),
             Loc::Fd(fd) => Handle::Own(Arc::clone(fd)),
+            Loc::At(d, name) if self.by_upper_name() => {
+                // Hold the object itself, checked to be ours, so that a request never acts
+                // on another object that took the name (a whiteout, a file renamed over it).
+                let fd = match nix::fcntl::openat(
+                    d.fd()?.as_fd(),
+                    name.as_os_str(),
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::ENOENT) => return Err(Errno::ESTALE),
+                    Err(e) => return Err(e.into()),
+                };
+                self.check_same(&fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?)?;
+                Handle::Own(Arc::new(fd))
+            }
             Loc::At(d, name) => Handle::In(d.fd()?, name.clone()),
         })
     }
@@ -93,6 +126,20 @@ impl Real {
     }
 
     pub fn stat(&self) -> Result<FileStat> {
+        if let (true, Loc::At(d, name)) = (self.by_upper_name(), &self.loc) {
+            // One call, checked after the fact: a stat has no effect to undo.
+            let st = match fstatat(
+                d.fd()?.as_fd(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => st,
+                Err(nix::errno::Errno::ENOENT) => return Err(Errno::ESTALE),
+                Err(e) => return Err(e.into()),
+            };
+            self.check_same(&st)?;
+            return Ok(st);
+        }
         Ok(match self.handle()? {
             Handle::Own(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
             Handle::In(dir, name) => {

@@ -243,6 +243,20 @@ impl UnionFs {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
+    /// Runs a request on a node again when it found that an upper name it used now names
+    /// another object (`Errno::ESTALE` from `Real`): a rename or an unlink of the name ran
+    /// meanwhile. Those update the node under its state lock, so the next attempt reads
+    /// where the object is now. Still stale after that: the object is gone.
+    pub fn retry<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        for _ in 0..4 {
+            match f() {
+                Err(Errno(libc::ESTALE)) => std::thread::yield_now(),
+                r => return r,
+            }
+        }
+        f().map_err(|e| if e == Errno::ESTALE { Errno::ENOENT } else { e })
+    }
+
     pub fn check_writable(&self) -> Result<()> {
         if self.layers.read_only() {
             Err(Errno::EROFS)

@@ -328,17 +328,22 @@ impl UnionFs {
         if dir && !crate::readdir::is_empty(&self.layers, &node.state.read())? {
             return Err(Errno::ENOTEMPTY);
         }
-        let (has_upper, has_lower) = {
-            let st = node.state.read();
-            (st.upper.is_some(), !st.lowers.is_empty())
-        };
+        let pu = ensure_upper(self, &p, Data::Copy)?;
+        // No copy-up of the node while its name goes (one that ran first is seen below;
+        // one that comes after sees `unlinked`), and no request on it reads a location
+        // that is being removed: both wait for the locks.
+        let _copyup = node.copyup.lock();
+        let mut st = node.state.write();
+        let (has_upper, has_lower) = (st.upper.is_some(), !st.lowers.is_empty());
         // Whether a lower layer shows this *name*. A node without an upper object was just
         // found in a lower layer under it. With an upper object the node's lower part says
         // nothing about the name (an upper hard link has other names): ask the layers.
         let needs_whiteout =
             (has_lower && (!has_upper || dir)) || lower_positive(&p.state.read(), name)?;
-        let pu = ensure_upper(self, &p, Data::Copy)?;
-        pin_if_open(node)?;
+        // The kernel may still send requests for the node (an open file, a request that
+        // resolved the name before it went): they must reach this object, not whatever
+        // takes the name next.
+        pin_victim(node, &mut st)?;
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?.as_fd(), name, dir)?,
             (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name)?,
@@ -359,7 +364,6 @@ impl UnionFs {
                 remove_real(work, &tmp, dir)?;
             }
         }
-        let mut st = node.state.write();
         let still_linked = !dir
             && !needs_whiteout
             && st
@@ -466,7 +470,6 @@ impl UnionFs {
             // An upper directory being replaced may still hold whiteouts; the rename
             // needs it really empty.
             if let Some(d) = &dst {
-                pin_if_open(&d.node)?;
                 if d.node.is_dir() {
                     if let Some(du) = d.node.state.read().upper.clone() {
                         clean_dir(du.dir()?.as_fd())?;
@@ -491,6 +494,24 @@ impl UnionFs {
         };
         let (odf, ndf) = (pu.dir()?, npu.dir()?);
         let (od, nd) = (odf.as_fd(), ndf.as_fd());
+        // From the rename of the real names until the nodes know their new places, no
+        // request on them may read where they are: they wait for these locks (taken in
+        // node order, the only place that holds two).
+        let (mut sst, mut dst_st) = match &dst {
+            Some(d) if d.node.ino < src.node.ino => {
+                let dl = d.node.state.write();
+                (src.node.state.write(), Some(dl))
+            }
+            Some(d) => {
+                let sl = src.node.state.write();
+                (sl, Some(d.node.state.write()))
+            }
+            None => (src.node.state.write(), None),
+        };
+        if let (false, Some(d), Some(dl)) = (exchange, &dst, dst_st.as_mut()) {
+            // The replaced node may still be used (see `remove`).
+            pin_victim(&d.node, dl)?;
+        }
         if exchange {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
         } else if src.node.is_dir() && is_upper_whiteout(nd, newname) {
@@ -513,30 +534,32 @@ impl UnionFs {
         } else {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
         }
+        move_node(&mut sst, newparent, newname, npu.dir_ref()?);
+        if let Some(dl) = dst_st.as_mut() {
+            if exchange {
+                move_node(dl, parent, name, pu.dir_ref()?);
+            } else {
+                dl.unlinked = true;
+            }
+        }
+        drop((sst, dst_st));
         if src_origin {
             mark_impure(self, &np, &npu)?;
         }
         if dst_origin {
             mark_impure(self, &p, &pu)?;
         }
-        move_node(&src.node, newparent, newname, npu.dir_ref()?);
-        if let Some(d) = dst {
-            if exchange {
-                move_node(&d.node, parent, name, pu.dir_ref()?);
-            } else {
-                d.node.state.write().unlinked = true;
-            }
-        }
         Ok(())
     }
 }
 
-/// A file still open must stay reachable once its name is gone: hold it by descriptor.
-fn pin_if_open(node: &Inode) -> Result<()> {
-    if node.is_dir() || node.opens.lock().handles == 0 {
+/// A node whose name goes must stay reachable: hold its upper object by descriptor (one
+/// per removed node the kernel still holds, given back when it forgets the node).
+fn pin_victim(node: &Inode, st: &mut State) -> Result<()> {
+    if node.is_dir() {
         return Ok(());
     }
-    if let Some(u) = node.state.write().upper.as_mut() {
+    if let Some(u) = st.upper.as_mut() {
         u.pin()?;
     }
     Ok(())
@@ -550,8 +573,7 @@ fn has_origin(fs: &UnionFs, r: &Real) -> bool {
         .is_some()
 }
 
-fn move_node(node: &Inode, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>) {
-    let mut st = node.state.write();
+fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>) {
     st.parent = parent;
     st.name = OsString::from(name);
     if let Some(u) = st.upper.as_mut() {
