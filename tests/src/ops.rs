@@ -213,6 +213,25 @@ impl Ops {
         self.rec(format!("fd_stat fd{slot}"), r)
     }
 
+    /// chmod through `/proc/self/fd/N` of a kept fd (an `O_PATH` one too): the request
+    /// reaches the node the fd holds, whatever its name now names.
+    pub fn fd_chmod_path(&mut self, slot: usize, mode: u32) -> String {
+        let r = match self.fds.get(slot).and_then(|f| f.as_ref()) {
+            None => "EBADF".to_string(),
+            Some(fd) => {
+                use std::os::fd::AsRawFd;
+                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                ok(nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    path.as_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                ))
+            }
+        };
+        self.rec(format!("fd_chmod_path fd{slot} {mode:o}"), r)
+    }
+
     pub fn close(&mut self, slot: usize) -> String {
         let r = match self.fds.get_mut(slot).and_then(|f| f.take()) {
             None => "EBADF".to_string(),

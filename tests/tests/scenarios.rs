@@ -672,6 +672,94 @@ fn readdir_after_mixed_changes() {
     });
 }
 
+// ---- requests on a node whose name went -----------------------------------------------
+// A request that reached a node before its name was removed or taken (here made
+// repeatable by a kept `O_PATH` fd) must act on that node's object: under concurrent
+// load these requests acted on the whiteout or the file that took the name (EIO).
+
+/// A lower file held, removed, then changed through the fd: the copy-up finds the
+/// whiteout under the name (EEXIST on the kernel's overlay); nothing comes back.
+#[test]
+fn chmod_held_lower_file_after_unlink() {
+    sc("chmod_held_lower_file_after_unlink").run(|o| {
+        let h = o.open_keep("d/a", OFlag::O_PATH);
+        o.unlink("d/a");
+        o.fd_stat(h);
+        o.want("ok mode=100644 size=7 nlink=1");
+        o.fd_chmod_path(h, 0o600);
+        o.want("EEXIST");
+        o.fd_stat(h);
+        o.stat("d/a");
+        o.want("ENOENT");
+        o.readdir("d");
+    });
+}
+
+/// An upper file held, removed, then changed: the change reaches the removed file.
+#[test]
+fn chmod_held_upper_file_after_unlink() {
+    sc("chmod_held_upper_file_after_unlink").run(|o| {
+        o.write("d/new", "new");
+        let h = o.open_keep("d/new", OFlag::O_PATH);
+        o.unlink("d/new");
+        o.fd_chmod_path(h, 0o600);
+        o.want("ok");
+        o.fd_stat(h);
+        o.want("ok mode=100600 size=3 nlink=0");
+        o.readdir("d");
+    });
+}
+
+/// A file held, then another renamed over its name: the change reaches the held file,
+/// not the one that took the name.
+#[test]
+fn chmod_held_file_after_rename_over_it() {
+    sc("chmod_held_file_after_rename_over_it").run(|o| {
+        o.write("d/a", "changed");
+        let h = o.open_keep("d/a", OFlag::O_PATH);
+        o.rename("d/b", "d/a");
+        o.fd_chmod_path(h, 0o640);
+        o.want("ok");
+        o.fd_stat(h);
+        o.stat("d/a");
+        o.want("ok f mode=0600 uid=0 gid=0 size=7 nlink=1");
+        o.read("d/a");
+        o.want("ok \"b in d\\n\"");
+    });
+}
+
+/// A lower file held, removed, and a new file made under its name: the copy-up the
+/// change needs finds the new file (EEXIST, as on the kernel's overlay), which stays as
+/// it is.
+#[test]
+fn chmod_held_file_after_unlink_and_create() {
+    sc("chmod_held_file_after_unlink_and_create").run(|o| {
+        let h = o.open_keep("f", OFlag::O_PATH);
+        o.unlink("f");
+        o.write("f", "new f");
+        o.fd_chmod_path(h, 0o600);
+        o.want("EEXIST");
+        o.stat("f");
+        o.want("ok f mode=0644 uid=0 gid=0 size=5 nlink=1");
+    });
+}
+
+/// A file held and renamed: the change reaches it at its new name.
+#[test]
+fn chmod_held_file_after_rename() {
+    sc("chmod_held_file_after_rename").run(|o| {
+        let h = o.open_keep("d/a", OFlag::O_PATH);
+        o.rename("d/a", "d/moved");
+        o.write("d/a", "other");
+        o.fd_chmod_path(h, 0o600);
+        o.want("ok");
+        o.stat("d/moved");
+        o.want("ok f mode=0600 uid=0 gid=0 size=7 nlink=1");
+        o.stat("d/a");
+        o.want("ok f mode=0644 uid=0 gid=0 size=5 nlink=1");
+    });
+}
+
 // ---- rename --------------------------------------------------------------------------
 
 /// A lower file renamed and renamed back is still there (it vanished when the layers were

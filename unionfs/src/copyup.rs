@@ -45,9 +45,6 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
         return Ok(u);
     }
     fs.check_writable()?;
-    if inode.state.read().unlinked {
-        return copy_up_unlinked(fs, inode, data);
-    }
     let parent_ino = inode.state.read().parent;
     let parent = fs.inode(parent_ino)?;
     // Parents first. Lock order: a node's copy-up lock is never held while waiting for a
@@ -60,9 +57,12 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             return Ok(u.clone());
         }
         if st.unlinked {
+            // Its name was removed (by a request that resolved it before the unlink):
+            // the kernel's overlay marks the parent, then finds the whiteout or the new
+            // object under the name, and fails so.
             drop(st);
-            drop(_guard);
-            return copy_up_unlinked(fs, inode, data);
+            mark_impure(fs, &parent, &pupper)?;
+            return Err(Errno::EEXIST);
         }
         (
             st.name.clone(),
@@ -158,44 +158,6 @@ fn copy_up_one(
         }
         (Ok(()), Err(e)) => Err(e),
     }
-}
-
-/// The copy-up of a node whose name was removed (by a request that resolved it before
-/// the unlink): as the kernel does, the copy gets no name, so nothing deleted comes back.
-/// It is built as any copy, then kept by descriptor only (a named temp is unlinked from
-/// the work directory at once).
-fn copy_up_unlinked(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real> {
-    let _guard = inode.copyup.lock();
-    let src = {
-        let st = inode.state.read();
-        if let Some(u) = &st.upper {
-            return Ok(u.clone());
-        }
-        st.lowers.first().cloned().ok_or(Errno::ENOENT)?
-    };
-    let upper = copy_unnamed(fs, &src, data)?;
-    inode.state.write().upper = Some(upper.clone());
-    fs.inodes
-        .shows_upper(inode, Some((src.dev, src.ino)), (upper.dev, upper.ino));
-    Ok(upper)
-}
-
-fn copy_unnamed(fs: &UnionFs, src: &Real, data: Data) -> Result<Real> {
-    let st = src.stat()?;
-    if lookup::is_dir(&st) {
-        return Err(Errno::ENOENT);
-    }
-    let (temp, fd) = build(fs, src, &st, data)?;
-    if let Temp::Named(tmp) = temp {
-        remove_tmp(fs.work_fd()?, &tmp);
-    }
-    let ust = fstat_fd(fd.as_fd())?;
-    Ok(Real {
-        loc: Loc::Fd(Arc::new(fd)),
-        layer: LayerRef::Upper,
-        dev: ust.st_dev,
-        ino: ust.st_ino,
-    })
 }
 
 /// The `Real` of an object just made as `dir/name` in the upper layer; `fd`, when the

@@ -17,5 +17,6 @@ pub mod options;
 pub mod origin;
 pub mod readdir;
 pub mod sys;
+pub mod testhook;
 pub mod union;
 pub mod whiteout;

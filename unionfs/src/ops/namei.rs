@@ -364,6 +364,7 @@ impl UnionFs {
                 remove_real(work, &tmp, dir)?;
             }
         }
+        crate::testhook::pause("unlink");
         let still_linked = !dir
             && !needs_whiteout
             && st
@@ -534,6 +535,7 @@ impl UnionFs {
         } else {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
         }
+        crate::testhook::pause("rename");
         move_node(&mut sst, newparent, newname, npu.dir_ref()?);
         if let Some(dl) = dst_st.as_mut() {
             if exchange {

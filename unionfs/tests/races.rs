@@ -1,0 +1,156 @@
+//! Races between a request on a node and a rename or unlink of its name, made repeatable:
+//! the daemon pauses at a named point inside the rename or unlink (`UNIONFS_TEST_PAUSE`,
+//! see `testhook.rs`) while the test sends a request on the same node. Under concurrent
+//! load these requests read the node's old name, found the whiteout there and the kernel
+//! answered EIO.
+
+mod common;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Mounts the daemon with a pause of `ms` at `point`.
+fn mount_paused(s: &Scratch, point: &str, ms: u64) -> Mounted {
+    let o = union_opts(
+        &s.path("l").display().to_string(),
+        &s.path("u"),
+        &s.path("w"),
+        "",
+    );
+    let out = Command::new(bin())
+        .env("UNIONFS_TEST_PAUSE", format!("{point}:{ms}"))
+        .arg("-o")
+        .arg(&o)
+        .arg(s.path("m"))
+        .output()
+        .unwrap_or_else(|e| panic!("run unionfs: {e}"));
+    assert!(
+        out.status.success(),
+        "unionfs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted(s.path("m"))
+}
+
+fn setup(tag: &str) -> Scratch {
+    let s = Scratch::new(tag);
+    s.mkdirs(&["l/d", "u", "w", "m"]);
+    std::fs::write(s.path("l/d/a"), "lower a\n").unwrap_or_else(|e| panic!("{e}"));
+    s
+}
+
+fn open_path(p: &Path) -> OwnedFd {
+    let fd = nix::fcntl::open(
+        p,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    fd
+}
+
+/// `statx` of the node behind `fd`, forcing a GETATTR to the daemon (no cached
+/// attributes): `(mode, ino)` or the errno.
+fn statx_sync(fd: &OwnedFd) -> Result<(u32, u64), i32> {
+    let empty = CString::default();
+    // SAFETY: statx writes into `buf`, a zeroed libc::statx that lives across the call;
+    // the path is a NUL-terminated empty string.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut buf,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    Ok((u32::from(buf.stx_mode), buf.stx_ino))
+}
+
+fn require_root(name: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: needs root to mount");
+    false
+}
+
+/// A GETATTR of a file that is being renamed (the real rename done, the node not yet
+/// told): it must describe the file, not the whiteout left at the old name.
+#[test]
+fn getattr_during_rename_of_a_lower_file() {
+    if !require_root("getattr_during_rename_of_a_lower_file") {
+        return;
+    }
+    let s = setup("race-rename");
+    let mut m = mount_paused(&s, "rename", 600);
+    let before = std::fs::symlink_metadata(s.path("m/d/a")).unwrap_or_else(|e| panic!("{e}"));
+    let fd = open_path(&s.path("m/d/a"));
+    let (from, to) = (s.path("m/d/a"), s.path("m/d/b"));
+    let mover = std::thread::spawn(move || std::fs::rename(from, to));
+    // Well inside the daemon's pause.
+    std::thread::sleep(Duration::from_millis(200));
+    let during = statx_sync(&fd);
+    let moved = mover
+        .join()
+        .unwrap_or_else(|_| panic!("rename thread panicked"));
+    let after = std::fs::symlink_metadata(s.path("m/d/b"));
+    drop(fd);
+    m.unmount();
+    moved.unwrap_or_else(|e| panic!("rename: {e}"));
+    assert_eq!(
+        during,
+        Ok((before.mode(), before.ino())),
+        "GETATTR during the rename (errno {:?})",
+        during.err()
+    );
+    let after = after.unwrap_or_else(|e| panic!("lstat after: {e}"));
+    assert_eq!((after.mode(), after.ino()), (before.mode(), before.ino()));
+}
+
+/// A GETATTR of a file that is being removed: it must describe the file (its last link
+/// going), not the whiteout that took its name.
+#[test]
+fn getattr_during_unlink_of_an_upper_file() {
+    if !require_root("getattr_during_unlink_of_an_upper_file") {
+        return;
+    }
+    let s = setup("race-unlink");
+    let mut m = mount_paused(&s, "unlink", 600);
+    // Copied up: the upper file goes and a whiteout takes its name.
+    std::fs::write(s.path("m/d/a"), "upper a\n").unwrap_or_else(|e| panic!("{e}"));
+    let before = std::fs::symlink_metadata(s.path("m/d/a")).unwrap_or_else(|e| panic!("{e}"));
+    let fd = open_path(&s.path("m/d/a"));
+    let gone = s.path("m/d/a");
+    let remover = std::thread::spawn(move || std::fs::remove_file(gone));
+    std::thread::sleep(Duration::from_millis(200));
+    let during = statx_sync(&fd);
+    let removed = remover
+        .join()
+        .unwrap_or_else(|_| panic!("unlink thread panicked"));
+    let after = statx_sync(&fd);
+    drop(fd);
+    m.unmount();
+    removed.unwrap_or_else(|e| panic!("unlink: {e}"));
+    assert_eq!(
+        during,
+        Ok((before.mode(), before.ino())),
+        "GETATTR during the unlink"
+    );
+    assert_eq!(
+        after,
+        Ok((before.mode(), before.ino())),
+        "GETATTR after the unlink"
+    );
+}
