@@ -39,6 +39,27 @@ pub enum Data {
     Skip,
 }
 
+/// Below this size a copy-up is served on the request's own thread: handing it to a
+/// worker would cost more than it saves.
+const LONG_COPY: i64 = 1 << 20;
+
+/// Whether getting the node's upper object may take long: a copy-up of a large regular
+/// file, or (`passthrough=all`) the wait for a reader that passes through to the lower
+/// file. Such requests go to the workers of `offload`.
+pub fn may_take_long(inode: &Inode) -> bool {
+    if inode.opens.lock().backing.as_ref().is_some_and(|b| b.lower) {
+        return true;
+    }
+    let st = inode.state.read();
+    st.upper.is_none()
+        && inode.kind == libc::S_IFREG
+        && st
+            .lowers
+            .first()
+            .and_then(|l| l.stat().ok())
+            .is_some_and(|s| s.st_size >= LONG_COPY)
+}
+
 /// The node's upper object, copying it (and its parents) up first when it has none.
 pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real> {
     if let Some(u) = inode.state.read().upper.clone() {

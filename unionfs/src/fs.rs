@@ -25,28 +25,54 @@ use crate::union::{Attr, Ctx, UnionFs};
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct FuseAdapter {
-    pub fs: UnionFs,
+    pub fs: Arc<UnionFs>,
+    /// Where requests that may copy up a large file are served (see `offload`).
+    long: crate::offload::Pool,
 }
+
+/// Workers for long requests: copy-ups of large files running at once beyond this wait
+/// for one another, never other requests.
+const LONG_WORKERS: usize = 8;
 
 impl FuseAdapter {
     pub fn new(fs: UnionFs) -> Self {
-        FuseAdapter { fs }
+        FuseAdapter {
+            fs: Arc::new(fs),
+            long: crate::offload::Pool::new(LONG_WORKERS),
+        }
     }
 
-    /// Keeps the open file and tells the kernel how to get its data.
-    fn open_reply(
-        &self,
-        ino: u64,
-        opened: Opened,
-        path: DataPath,
-    ) -> (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>) {
-        let fh = FileHandle(self.fs.add_handle(ino, opened, &path));
-        match path {
-            DataPath::Passthrough(id) => (fh, FopenFlags::empty(), Some(id)),
-            DataPath::Direct(id) => (fh, FopenFlags::FOPEN_DIRECT_IO, Some(id)),
-            // Every change goes through us, so cached pages stay valid across opens.
-            DataPath::Cached => (fh, FopenFlags::FOPEN_KEEP_CACHE, None),
+    /// Runs a request on node `ino` that may copy it up: on a worker when that may take
+    /// long, here otherwise. `job` replies itself.
+    fn maybe_long(&self, ino: u64, may_copy_up: bool, job: impl FnOnce(&UnionFs) + Send + 'static) {
+        let long = may_copy_up
+            && self
+                .fs
+                .inodes
+                .get(ino)
+                .is_some_and(|n| crate::copyup::may_take_long(&n));
+        if long {
+            let fs = Arc::clone(&self.fs);
+            self.long.run(Box::new(move || job(&fs)));
+        } else {
+            job(&self.fs);
         }
+    }
+}
+
+/// Keeps the open file and tells the kernel how to get its data.
+fn open_reply(
+    fs: &UnionFs,
+    ino: u64,
+    opened: Opened,
+    path: DataPath,
+) -> (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>) {
+    let fh = FileHandle(fs.add_handle(ino, opened, &path));
+    match path {
+        DataPath::Passthrough(id) => (fh, FopenFlags::empty(), Some(id)),
+        DataPath::Direct(id) => (fh, FopenFlags::FOPEN_DIRECT_IO, Some(id)),
+        // Every change goes through us, so cached pages stay valid across opens.
+        DataPath::Cached => (fh, FopenFlags::FOPEN_KEEP_CACHE, None),
     }
 }
 
@@ -300,12 +326,14 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
             caller: ctx(req),
         };
-        let r = self.fs.retry(|| self.fs.setattr(ino.0, a));
-        self.fs.flush_invalidations(true);
-        match r {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
-            Err(e) => reply.error(e.into()),
-        }
+        self.maybe_long(ino.0, true, move |fs| {
+            let r = fs.retry(|| fs.setattr(ino.0, a));
+            fs.flush_invalidations(true);
+            match r {
+                Ok(a) => reply.attr(&TTL, &fattr(&a)),
+                Err(e) => reply.error(e.into()),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -403,28 +431,27 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = self
-            .fs
-            .retry(|| self.fs.open_file(ino.0, flags.0, &ctx(req)));
-        self.fs.flush_invalidations(true);
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => return reply.error(e.into()),
-        };
-        let path =
-            match self
-                .fs
-                .data_path(ino.0, &opened, || match self.fs.backing_file(&opened)? {
-                    Some(f) => reply.open_backing(&f),
-                    None => reply.open_backing(&opened.file),
-                }) {
+        let caller = ctx(req);
+        let write = crate::ops::file::wants_write(flags.0);
+        self.maybe_long(ino.0, write, move |fs| {
+            let opened = fs.retry(|| fs.open_file(ino.0, flags.0, &caller));
+            fs.flush_invalidations(true);
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => return reply.error(e.into()),
+            };
+            let path = match fs.data_path(ino.0, &opened, || match fs.backing_file(&opened)? {
+                Some(f) => reply.open_backing(&f),
+                None => reply.open_backing(&opened.file),
+            }) {
                 Ok(p) => p,
                 Err(e) => return reply.error(e.into()),
             };
-        match self.open_reply(ino.0, opened, path) {
-            (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
-            (fh, fl, None) => reply.opened(fh, fl),
-        }
+            match open_reply(fs, ino.0, opened, path) {
+                (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
+                (fh, fl, None) => reply.opened(fh, fl),
+            }
+        });
     }
 
     fn read(
@@ -639,11 +666,12 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .fs
-            .retry(|| self.fs.setxattr(ino.0, name, value, flags));
-        self.fs.flush_invalidations(true);
-        empty(reply, r);
+        let (name, value) = (name.to_os_string(), value.to_vec());
+        self.maybe_long(ino.0, true, move |fs| {
+            let r = fs.retry(|| fs.setxattr(ino.0, &name, &value, flags));
+            fs.flush_invalidations(true);
+            empty(reply, r);
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -655,9 +683,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.fs.retry(|| self.fs.removexattr(ino.0, name));
-        self.fs.flush_invalidations(true);
-        empty(reply, r);
+        let name = name.to_os_string();
+        self.maybe_long(ino.0, true, move |fs| {
+            let r = fs.retry(|| fs.removexattr(ino.0, &name));
+            fs.flush_invalidations(true);
+            empty(reply, r);
+        });
     }
 
     fn create(
@@ -699,7 +730,7 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(e.into()),
         };
         let attr = fattr(&a);
-        match self.open_reply(node.ino, opened, path) {
+        match open_reply(&self.fs, node.ino, opened, path) {
             (fh, fl, Some(id)) => {
                 reply.created_passthrough(&TTL, &attr, Generation(0), fh, fl, &id)
             }

@@ -12,6 +12,7 @@ pub mod inode;
 pub mod killpriv;
 pub mod layer;
 pub mod lookup;
+pub mod offload;
 pub mod ops;
 pub mod options;
 pub mod origin;
