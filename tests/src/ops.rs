@@ -745,6 +745,29 @@ impl Ops {
         self.rec(format!("removexattr {} {}", esc(p), esc(n)), r)
     }
 
+    /// Sets an ACL (`crate::acl::ACCESS` or `DEFAULT`) from its text form, as `setfacl`
+    /// does, through the xattr.
+    pub fn setacl(&mut self, p: impl AsRef<[u8]>, which: &[u8], text: &str) -> String {
+        let p = p.as_ref();
+        let r = ok(sys::lsetxattr(
+            &self.path(p),
+            which,
+            &crate::acl::encode(text),
+            0,
+        ));
+        self.rec(format!("setacl {} {} {text}", esc(p), esc(which)), r)
+    }
+
+    /// An ACL in text form (`ok u::rw-,...`), as `getfacl` shows it.
+    pub fn getacl(&mut self, p: impl AsRef<[u8]>, which: &[u8]) -> String {
+        let p = p.as_ref();
+        let r = match sys::lgetxattr(&self.path(p), which) {
+            Ok(v) => format!("ok {}", crate::acl::decode(&v)),
+            Err(e) => en(e),
+        };
+        self.rec(format!("getacl {} {}", esc(p), esc(which)), r)
+    }
+
     // ---- directories -------------------------------------------------------------
 
     /// readdir: `ok [a,b,c]` (sorted, without . and ..) followed by

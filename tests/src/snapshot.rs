@@ -88,6 +88,7 @@ fn xattr_desc(path: &Path, kind: WalkKind) -> String {
                 "<present>".to_string()
             }
             _ => match sys::lgetxattr(path, &n) {
+                Ok(v) if n.starts_with(b"system.posix_acl_") => crate::acl::decode(&v),
                 Ok(v) => format!("\"{}\"", esc(&v)),
                 Err(e) => format!("<{e}>"),
             },

@@ -66,6 +66,7 @@ fn ctx(req: &Request) -> Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -166,11 +167,13 @@ impl FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         obj: NewObj<'_>,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let c = Ctx { umask, ..ctx(req) };
         let r = self
             .fs
-            .create_obj(&ctx(req), parent.0, name, obj)
+            .create_obj(&c, parent.0, name, obj)
             .map(|(_, a, _)| a);
         entry(reply, r);
     }
@@ -237,6 +240,16 @@ impl Filesystem for FuseAdapter {
         ] {
             // A capability the kernel lacks only costs speed.
             let _ = config.add_capabilities(cap);
+        }
+        // The kernel enforces POSIX ACLs from the `system.posix_acl_*` xattrs we return;
+        // without this it would ignore them, and an ACL that denies would not (issue 15).
+        // It then leaves the umask to us (`DONT_MASK`): the upper filesystem applies it
+        // only where the directory has no default ACL.
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            log::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced");
         }
         if self.fs.passthrough_on()
             && (config
@@ -321,11 +334,12 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObj::Node { mode, rdev }, reply);
+        let obj = NewObj::Node { mode, rdev };
+        self.create_entry(req, parent, name, obj, umask, reply);
     }
 
     fn mkdir(
@@ -334,10 +348,10 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObj::Dir { mode }, reply);
+        self.create_entry(req, parent, name, NewObj::Dir { mode }, umask, reply);
     }
 
     fn symlink(
@@ -355,6 +369,7 @@ impl Filesystem for FuseAdapter {
             NewObj::Symlink {
                 target: target.as_os_str(),
             },
+            0,
             reply,
         );
     }
@@ -627,7 +642,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -635,7 +650,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.fs.setxattr(ino.0, name, value, flags);
+        let r = self.fs.setxattr(ino.0, name, value, flags, &ctx(req));
         self.fs.flush_invalidations(true);
         empty(reply, r);
     }
@@ -660,14 +675,15 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let c = Ctx { umask, ..ctx(req) };
         let (node, a, file) =
             match self
                 .fs
-                .create_obj(&ctx(req), parent.0, name, NewObj::File { mode, flags })
+                .create_obj(&c, parent.0, name, NewObj::File { mode, flags })
             {
                 Ok(x) => x,
                 Err(e) => return reply.error(e.into()),

@@ -352,3 +352,24 @@ pub fn open_by_handle(
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+thread_local! {
+    /// Whether this thread has an fs context (umask, cwd) of its own.
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the thread's umask set to `mask`, then puts the daemon's (0) back. The
+/// umask belongs to the fs context that all threads share, so the first call in a thread
+/// gives it a context of its own (`unshare(CLONE_FS)`): requests served at the same time
+/// by other threads keep their own masks.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    use nix::sys::stat::{umask, Mode};
+    if !OWN_FS.get() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io::Error::from)?;
+        OWN_FS.set(true);
+    }
+    let old = umask(Mode::from_bits_truncate(mask & 0o777));
+    let r = f();
+    umask(old);
+    Ok(r)
+}
