@@ -2,7 +2,7 @@
 //! denies or grants a user access to a lower or upper file or directory, default ACLs on
 //! what is created (with a umask that they override), `chmod` after an ACL is set (the
 //! mask follows), copy-up keeping ACLs, setting an ACL on a lower object (a copy-up), the
-//! set-group-id rule of setting an ACL.
+//! set-group-id rule of setting an ACL, and a default ACL on the workdir.
 
 use difftests::acl::{ACCESS, DEFAULT};
 use difftests::{OFlag, Ops, Scenario, Tree};
@@ -252,5 +252,41 @@ fn acl_set_by_owner_outside_group_clears_setgid() {
             o.want("ok 0o2755");
             o.mode("sgdir");
             o.want("ok 0o755");
+        });
+}
+
+/// A default ACL on the workdir must not reach the upper layer: the kernel removes it
+/// from `work` at mount, so copies and new objects built there do not inherit it.
+#[test]
+fn acl_default_on_workdir_not_inherited() {
+    let w = Tree::new().xattr(
+        "",
+        DEFAULT,
+        difftests::acl::encode("u::rwx,u:1000:rwx,g::r-x,m::rwx,o::---"),
+    );
+    Scenario::new("acl_default_on_workdir_not_inherited")
+        .lower(acl_tree())
+        .lower(
+            Tree::new()
+                .file("plain", 0o644, "p\n")
+                .dir("pdir", 0o755)
+                .file("pdir/q", 0o644, "q\n"),
+        )
+        .workdir(w)
+        .umask(0o022)
+        .run(|o| {
+            o.append("plain", "more\n");
+            o.chmod("pdir", 0o750);
+            o.append("pdir/q", "more\n");
+            o.append("f", "more\n");
+            o.unlink("plain");
+            o.write("plain", "new\n");
+            o.unlink("pdir/q");
+            o.rmdir("pdir");
+            o.mkdir("pdir", 0o755);
+            for p in ["plain", "pdir", "f"] {
+                o.stat(p);
+                o.listxattr(p);
+            }
         });
 }
