@@ -33,6 +33,8 @@ pub struct Layout {
     pub mnt: PathBuf,
     pub root: PathBuf,
     extra_work: usize,
+    /// Clear append-only and immutable flags under `root` before removing it.
+    pub unflag: bool,
     // Last field: dropped (recursively removed) after everything else.
     _tmp: tempfile::TempDir,
 }
@@ -87,6 +89,7 @@ impl Layout {
             mnt,
             root,
             extra_work: 0,
+            unflag: lowers.iter().chain(upper).any(Tree::has_flags),
             _tmp: tmp,
         }
     }
@@ -208,6 +211,19 @@ impl Layout {
                 Target::Kernel => None,
             },
         })
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // An immutable or append-only file cannot be removed, nor its directory emptied.
+        if self.unflag {
+            let _ = Command::new("chattr")
+                .args(["-R", "-f", "-i", "-a"])
+                .arg(&self.root)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -158,6 +158,16 @@ pub fn describe_opt(
     if with_mtime {
         s += &format!(" mtime={}.{:09}", md.mtime(), md.mtime_nsec());
     }
+    // File flags on the real upper objects (`chattr`): sync, immutable, append-only,
+    // noatime; the kernel's overlay keeps immutable and append-only in an xattr instead.
+    if kind == WalkKind::Upper && (k == 'f' || k == 'd') {
+        if let Ok(f) = sys::get_flags(path) {
+            let shown = f & (0x08 | 0x10 | 0x20 | 0x80);
+            if shown != 0 {
+                s += &format!(" flags={shown:#x}");
+            }
+        }
+    }
     if xattrs {
         s += &xattr_desc(path, kind);
     }

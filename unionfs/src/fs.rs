@@ -237,6 +237,8 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // File flags (chattr) on directories too.
+            InitFlags::FUSE_HAS_IOCTL_DIR,
         ] {
             // A capability the kernel lacks only costs speed.
             let _ = config.add_capabilities(cap);
@@ -725,16 +727,22 @@ impl Filesystem for FuseAdapter {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No file ioctls are served: ENOTTY, as for a regular file that knows none.
-        reply.error(Errno(libc::ENOTTY).into());
+        // File flags (chattr/lsattr); any other command gets ENOTTY.
+        let r = self.fs.fileattr_ioctl(ino.0, cmd, in_data);
+        self.fs.flush_invalidations(true);
+        match r {
+            Ok(out) if out.len() > out_size as usize => reply.error(Errno::EINVAL.into()),
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e.into()),
+        }
     }
 
     fn getlk(

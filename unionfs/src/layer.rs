@@ -50,6 +50,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.impure",
         })
     }
+    /// Append-only and immutable (`a`, `i`), which are not set on the upper inode.
+    pub fn protattr(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.protattr",
+            XattrNs::User => "user.overlay.protattr",
+        })
+    }
 }
 
 /// One layer directory.
