@@ -5,7 +5,7 @@
 //! then forbid. The upper walk shows the real inodes' flags, so a flag set on an upper
 //! inode where the kernel keeps it in the xattr is a difference.
 
-use difftests::{Scenario, Tree};
+use difftests::{OFlag, Scenario, Tree};
 
 /// Lower files and directories with and without flags.
 fn flagged() -> Tree {
@@ -95,5 +95,91 @@ fn copy_up_takes_file_flags_along() {
             o.chattr("d/app", "-a");
             o.chattr("id", "-i");
             o.lsattr("id");
+        });
+}
+
+/// What append-only and immutable forbid, on lower objects and on upper ones flagged
+/// through the union: each step states the kernel's errno.
+#[test]
+fn append_only_and_immutable_are_enforced() {
+    Scenario::new("append_only_and_immutable_are_enforced")
+        .lower(flagged())
+        .run(|o| {
+            o.write("u_app", "u\n");
+            o.chattr("u_app", "+a");
+            o.write("u_imm", "u\n");
+            o.chattr("u_imm", "+i");
+            o.mkdir("u_idir", 0o755);
+            o.write("u_idir/z", "z\n");
+            o.chattr("u_idir", "+i");
+            o.mkdir("u_adir", 0o755);
+            o.write("u_adir/z", "z\n");
+            o.chattr("u_adir", "+a");
+            for p in ["app", "u_app"] {
+                o.append(p, "more\n");
+                o.want("ok");
+                o.write(p, "over\n");
+                o.want("open:EPERM");
+                o.open(p, OFlag::O_WRONLY, 0);
+                o.want("EPERM");
+                o.truncate(p, 1);
+                o.want("EPERM");
+                o.chmod(p, 0o600);
+                o.want("EPERM");
+                o.utimes(p, 5, 5);
+                o.want("EPERM");
+                o.setxattr(p, "user.k", "v");
+                o.want("EPERM");
+                o.unlink(p);
+                o.want("EPERM");
+                o.rename(p, "moved");
+                o.want("EPERM");
+                o.link(p, "hard");
+                o.want("EPERM");
+                o.read(p);
+            }
+            for p in ["imm", "u_imm"] {
+                o.append(p, "more\n");
+                o.want("open:EPERM");
+                o.chmod(p, 0o600);
+                o.want("EPERM");
+                o.chown(p, 1000, 1000);
+                o.want("EPERM");
+                o.removexattr(p, "user.k");
+                o.unlink(p);
+                o.want("EPERM");
+                o.rename(p, "moved");
+                o.want("EPERM");
+                o.read(p);
+            }
+            for d in ["idir", "u_idir"] {
+                o.write(format!("{d}/new"), "n");
+                o.want("open:EPERM");
+                o.mkdir(format!("{d}/sub"), 0o755);
+                o.want("EPERM");
+                o.unlink(format!("{d}/{}", if d == "idir" { "y" } else { "z" }));
+                o.want("EPERM");
+                o.rmdir(d);
+                o.readdir(d);
+            }
+            // append-only directory: names may be added, not removed
+            o.write("u_adir/new", "n");
+            o.want("ok");
+            o.unlink("u_adir/z");
+            o.want("EPERM");
+            o.rename("u_adir/new", "out");
+            o.want("EPERM");
+            o.readdir("u_adir");
+            for (p, spec) in [
+                ("u_app", "-a"),
+                ("u_imm", "-i"),
+                ("u_idir", "-i"),
+                ("u_adir", "-a"),
+            ] {
+                o.chattr(p, spec);
+                o.want("ok");
+            }
+            o.unlink("u_imm");
+            o.want("ok");
         });
 }

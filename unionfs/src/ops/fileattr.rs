@@ -185,6 +185,26 @@ impl UnionFs {
         }
     }
 
+    /// `vfs_rename`'s checks: the source leaves its directory, the target is replaced in
+    /// its directory or a name is added there.
+    pub fn check_rename(
+        &self,
+        parent: &Inode,
+        src: &Inode,
+        newparent: &Inode,
+        dst: Option<&Inode>,
+    ) -> Result<()> {
+        self.check(parent, Change::RemoveEntry)?;
+        self.check(src, Change::Unlink)?;
+        match dst {
+            Some(d) => {
+                self.check(newparent, Change::RemoveEntry)?;
+                self.check(d, Change::Unlink)
+            }
+            None => self.check(newparent, Change::AddEntry),
+        }
+    }
+
     /// `check` for the node of `ino`.
     pub fn check_ino(&self, ino: u64, change: Change) -> Result<()> {
         self.check(&*self.inode(ino)?, change)

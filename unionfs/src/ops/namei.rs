@@ -17,6 +17,7 @@ use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{Inode, LayerRef, Loc, Real, State};
 use crate::layer::{clean_dir, fstat_fd};
+use crate::ops::fileattr::Change;
 use crate::ops::{lower_positive, Held};
 use crate::union::{Attr, Ctx, UnionFs};
 use crate::whiteout;
@@ -178,6 +179,7 @@ impl UnionFs {
             return Err(Errno::ENAMETOOLONG);
         }
         let p = self.parent_dir(parent)?;
+        self.check(&p, Change::AddEntry)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let pdir_fd = pu.dir()?;
         let pmode = fstat_fd(pdir_fd.as_fd())?.st_mode;
@@ -281,8 +283,10 @@ impl UnionFs {
         if src.is_dir() {
             return Err(Errno::EPERM);
         }
-        let su = ensure_upper(self, &src, Data::Copy)?;
         let p = self.parent_dir(newparent)?;
+        self.check(&src, Change::Unlink)?;
+        self.check(&p, Change::AddEntry)?;
+        let su = ensure_upper(self, &src, Data::Copy)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let pdir_fd = pu.dir()?;
         let pdir = pdir_fd.as_fd();
@@ -338,6 +342,8 @@ impl UnionFs {
         let p = self.parent_dir(parent)?;
         let held = Held::lookup(self, parent, name)?;
         let node = &held.node;
+        self.check(&p, Change::RemoveEntry)?;
+        self.check(node, Change::Unlink)?;
         match (dir, node.is_dir()) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
@@ -433,6 +439,7 @@ impl UnionFs {
         } else if exchange {
             return Err(Errno::ENOENT);
         }
+        self.check_rename(&p, &src.node, &np, dst.as_ref().map(|d| &*d.node))?;
         // Without redirect_dir a directory with lower content cannot move: EXDEV makes
         // `mv` copy it instead. The kernel's overlay says so before it looks at the target.
         let has_lower = |n: &Inode| !n.state.read().lowers.is_empty();

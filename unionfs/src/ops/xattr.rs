@@ -9,6 +9,7 @@ use crate::acl;
 use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::killpriv;
+use crate::ops::fileattr::Change;
 use crate::union::{Ctx, UnionFs};
 
 impl UnionFs {
@@ -69,6 +70,7 @@ impl UnionFs {
     ) -> Result<()> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
+        self.check(&inode, Change::Attr)?;
         let upper = ensure_upper(self, &inode, Data::Copy)?;
         let rname = self.real_xattr_name(name);
         crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
@@ -87,6 +89,7 @@ impl UnionFs {
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
+        self.check(&inode, Change::Attr)?;
         let rname = self.real_xattr_name(name);
         // Removing what is not there must not copy up.
         {
