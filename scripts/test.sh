@@ -7,7 +7,7 @@ cargo build -p unionfs --bins
 cargo test --workspace -- --test-threads=4
 # The scenarios again with file data through the daemon (no passthrough, as unprivileged
 # mounts run): reads, writes and the set-id rules then take other code paths.
-DIFFTEST_UNIONFS_OPTS=nopassthrough cargo test -p difftests --test scenarios -- --test-threads=4
+DIFFTEST_UNIONFS_OPTS=nopassthrough cargo test -p difftests --test scenarios --test acl --test fileattr -- --test-threads=4
 # The differential suite again with the layers on other filesystems than one: two tmpfs,
 # ext4 lowers under a tmpfs upper, lowers on two filesystems (inode numbers, st_dev and
 # file handles differ there); with both data paths.

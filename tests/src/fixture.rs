@@ -98,6 +98,8 @@ pub struct Layout {
     work_parent: PathBuf,
     /// The tmpfs mounts the placement needs, unmounted before the tree is removed.
     _tmpfs: Vec<Tmpfs>,
+    /// Clear append-only and immutable flags under `root` before removing it.
+    pub unflag: bool,
     // Last field: dropped (recursively removed) after everything else.
     _tmp: tempfile::TempDir,
 }
@@ -177,6 +179,7 @@ impl Layout {
             extra_work: 0,
             work_parent: upper_base,
             _tmpfs: tmpfs,
+            unflag: lowers.iter().chain(upper).any(Tree::has_flags),
             _tmp: tmp,
         }
     }
@@ -308,6 +311,19 @@ impl Layout {
                 Target::Kernel => None,
             },
         })
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // An immutable or append-only file cannot be removed, nor its directory emptied.
+        if self.unflag {
+            let _ = Command::new("chattr")
+                .args(["-R", "-f", "-i", "-a"])
+                .arg(&self.root)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

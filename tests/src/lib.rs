@@ -3,6 +3,7 @@
 //! target under test (side B), and everything observable is compared.
 #![deny(unsafe_code)]
 
+pub mod acl;
 pub mod fixture;
 pub mod ops;
 pub mod scenario;

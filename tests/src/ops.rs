@@ -768,6 +768,66 @@ impl Ops {
         self.rec(format!("removexattr {} {}", esc(p), esc(n)), r)
     }
 
+    /// Sets an ACL (`crate::acl::ACCESS` or `DEFAULT`) from its text form, as `setfacl`
+    /// does, through the xattr.
+    pub fn setacl(&mut self, p: impl AsRef<[u8]>, which: &[u8], text: &str) -> String {
+        let p = p.as_ref();
+        let r = ok(sys::lsetxattr(
+            &self.path(p),
+            which,
+            &crate::acl::encode(text),
+            0,
+        ));
+        self.rec(format!("setacl {} {} {text}", esc(p), esc(which)), r)
+    }
+
+    /// An ACL in text form (`ok u::rw-,...`), as `getfacl` shows it.
+    pub fn getacl(&mut self, p: impl AsRef<[u8]>, which: &[u8]) -> String {
+        let p = p.as_ref();
+        let r = match sys::lgetxattr(&self.path(p), which) {
+            Ok(v) => format!("ok {}", crate::acl::decode(&v)),
+            Err(e) => en(e),
+        };
+        self.rec(format!("getacl {} {}", esc(p), esc(which)), r)
+    }
+
+    // ---- file flags ------------------------------------------------------------------
+
+    /// `chattr SPEC p` (e.g. `+i`): `ok`, or chattr's complaint without the path.
+    pub fn chattr(&mut self, p: impl AsRef<[u8]>, spec: &str) -> String {
+        let p = p.as_ref();
+        let path = self.path(p);
+        let r = match std::process::Command::new("chattr")
+            .arg(spec)
+            .arg(&path)
+            .output()
+        {
+            Err(e) => format!("spawn chattr: {e}"),
+            Ok(o) if o.status.success() => "ok".into(),
+            Ok(o) => tool_error(&o.stderr, &path),
+        };
+        self.rec(format!("chattr {spec} {}", esc(p)), r)
+    }
+
+    /// `lsattr -d p`: `ok` and the flags column, or lsattr's complaint without the path.
+    pub fn lsattr(&mut self, p: impl AsRef<[u8]>) -> String {
+        let p = p.as_ref();
+        let path = self.path(p);
+        let r = match std::process::Command::new("lsattr")
+            .arg("-d")
+            .arg(&path)
+            .output()
+        {
+            Err(e) => format!("spawn lsattr: {e}"),
+            Ok(o) if o.status.success() => {
+                let out = String::from_utf8_lossy(&o.stdout);
+                format!("ok {}", out.split_whitespace().next().unwrap_or(""))
+            }
+            Ok(o) => tool_error(&o.stderr, &path),
+        };
+        self.rec(format!("lsattr {}", esc(p)), r)
+    }
+
     // ---- directories -------------------------------------------------------------
 
     /// readdir: `ok [a,b,c]` (sorted, without . and ..) followed by
@@ -935,6 +995,13 @@ impl Ops {
             std::panic::resume_unwind(p);
         }
     }
+}
+
+/// A tool's error message with the (side-specific) path taken out.
+fn tool_error(stderr: &[u8], path: &Path) -> String {
+    let msg = String::from_utf8_lossy(stderr);
+    let msg = msg.replace(&*path.to_string_lossy(), "PATH");
+    format!("error: {}", msg.trim())
 }
 
 fn write_all(fd: &OwnedFd, mut data: &[u8]) -> nix::Result<()> {

@@ -67,6 +67,8 @@ pub struct Scenario {
     pub kernel_lowers: Option<Vec<Tree>>,
     /// Extra mount options for both sides.
     pub mount_opts: String,
+    /// Built into the workdir before mounting (e.g. a default ACL on it).
+    pub workdir: Option<Tree>,
 }
 
 impl Scenario {
@@ -80,7 +82,13 @@ impl Scenario {
             mtime_paths: Vec::new(),
             kernel_lowers: None,
             mount_opts: String::new(),
+            workdir: None,
         }
+    }
+    /// Builds `t` into the workdir of both sides before mounting.
+    pub fn workdir(mut self, t: Tree) -> Self {
+        self.workdir = Some(t);
+        self
     }
     /// Gives the kernel side these lower layers instead: the scenario's layers converted
     /// to the kernel's format (whiteouts as 0/0 devices, opaque as an xattr).
@@ -148,6 +156,10 @@ impl Scenario {
             self.upper.as_ref(),
             !self.readonly,
         );
+        if let (Some(t), Some(w)) = (&self.workdir, &layout.work) {
+            t.build(w)
+                .unwrap_or_else(|e| panic!("[{}] building workdir: {e}", self.name));
+        }
         let mut res = SideResult {
             target: Some(target),
             ..Default::default()

@@ -88,6 +88,7 @@ fn xattr_desc(path: &Path, kind: WalkKind) -> String {
                 "<present>".to_string()
             }
             _ => match sys::lgetxattr(path, &n) {
+                Ok(v) if n.starts_with(b"system.posix_acl_") => crate::acl::decode(&v),
                 Ok(v) => format!("\"{}\"", esc(&v)),
                 Err(e) => format!("<{e}>"),
             },
@@ -156,6 +157,16 @@ pub fn describe_opt(
     }
     if with_mtime {
         s += &format!(" mtime={}.{:09}", md.mtime(), md.mtime_nsec());
+    }
+    // File flags on the real upper objects (`chattr`): sync, immutable, append-only,
+    // noatime; the kernel's overlay keeps immutable and append-only in an xattr instead.
+    if kind == WalkKind::Upper && (k == 'f' || k == 'd') {
+        if let Ok(f) = sys::get_flags(path) {
+            let shown = f & (0x08 | 0x10 | 0x20 | 0x80);
+            if shown != 0 {
+                s += &format!(" flags={shown:#x}");
+            }
+        }
     }
     if xattrs {
         s += &xattr_desc(path, kind);

@@ -211,3 +211,21 @@ impl Drop for DirStream {
         }
     }
 }
+
+/// `FS_IOC_GETFLAGS` of a regular file or directory (`lsattr`'s flags).
+pub fn get_flags(path: &Path) -> Result<u32, Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_NONBLOCK
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which points to `v`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS as _, &mut v) };
+    Errno::result(r)?;
+    Ok(v as u32)
+}

@@ -30,6 +30,8 @@ pub enum Item {
     Owner(Vec<u8>, u32, u32),
     /// Explicit mtime (seconds) — set after everything else.
     Mtime(Vec<u8>, i64),
+    /// File flags set with `chattr SPEC` after everything else (after the mtimes).
+    Flags(Vec<u8>, String),
 }
 
 /// A list of entries, applied in order. Missing parent directories are
@@ -110,6 +112,17 @@ impl Tree {
         self
     }
 
+    /// `chattr spec p` once the tree is built (`+i`, `+a`, `+A`, ...). A layout with such
+    /// a tree clears `a` and `i` again before it is removed.
+    pub fn chattr(mut self, p: impl AsRef<[u8]>, spec: &str) -> Self {
+        self.items.push(Item::Flags(b(p), spec.to_string()));
+        self
+    }
+
+    pub fn has_flags(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Flags(..)))
+    }
+
     /// Materialises the tree under `root` (which must exist).
     pub fn build(&self, root: &Path) -> std::io::Result<()> {
         let j = |p: &[u8]| -> PathBuf { root.join(OsStr::from_bytes(p)) };
@@ -132,6 +145,7 @@ impl Tree {
         };
         let err = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
         let mut mtimes = Vec::new();
+        let mut flags = Vec::new();
         for it in &self.items {
             match it {
                 Item::Dir(p, mode) => {
@@ -207,6 +221,7 @@ impl Tree {
                     std::os::unix::fs::lchown(j(p), Some(*u), Some(*g))?;
                 }
                 Item::Mtime(p, s) => mtimes.push((j(p), *s)),
+                Item::Flags(p, spec) => flags.push((j(p), spec.clone())),
             }
         }
         for (p, s) in mtimes {
@@ -219,6 +234,18 @@ impl Tree {
                 nix::sys::stat::UtimensatFlags::NoFollowSymlink,
             )
             .map_err(err)?;
+        }
+        for (p, spec) in flags {
+            let st = std::process::Command::new("chattr")
+                .arg(&spec)
+                .arg(&p)
+                .status()?;
+            if !st.success() {
+                return Err(std::io::Error::other(format!(
+                    "chattr {spec} {}: {st}",
+                    p.display()
+                )));
+            }
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Copy-up: making a lower object an upper one, parents first.
 //!
-//! The copy is built in the work directory (data, xattrs, origin, owner, mode, times) and
-//! made durable with fsync unless `volatile`; only then does it get its name in the upper
-//! directory. A regular file is built as an unnamed `O_TMPFILE` and linked into place, as
-//! the kernel does when the upper filesystem offers it: a crash loses the unnamed file with
-//! nothing to clean, and an fsync of a file with no directory entry is about half the cost
+//! The copy is built in the work directory (data, xattrs, origin, file flags, owner, mode,
+//! times) and made durable with fsync unless `volatile`; only then does it get its name in
+//! the upper directory. A regular file is built as an unnamed `O_TMPFILE` and linked into
+//! place, as the kernel does when the upper filesystem offers it: a crash loses the unnamed
+//! file with nothing to clean, and an fsync of a file with no directory entry is about half the cost
 //! of one with a new entry (ext4 without a journal syncs the parent's new entry too).
 //! Everything else (and regular files where `O_TMPFILE` is missing) is built under a fresh
 //! name in work and renamed into place; the work directory is emptied at mount. Either
@@ -267,7 +267,9 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
         if let Some(f) = open_unnamed(fs, work)? {
             let fd = Arc::new(OwnedFd::from(f));
             let f = File::from(fd.try_clone()?);
-            fill_file(fs, src, st, &f, &XPath::fd(Arc::clone(&fd)), data)?;
+            let x = XPath::fd(Arc::clone(&fd));
+            fill_file(fs, src, st, &f, &x, data)?;
+            crate::ops::fileattr::copy_up(fs.layers.ns, src, f.as_fd(), &x)?;
             set_owner_mode_times(f.as_fd(), None, st)?;
             sync_copy(fs, &f)?;
             return Ok((Temp::Unnamed(f), fd.try_clone()?));
@@ -322,6 +324,7 @@ fn build_named(
         Some(f) => fill_file(fs, src, st, f, &dst, data)?,
         None => copy_meta_xattrs(fs, src, st, &dst)?,
     }
+    crate::ops::fileattr::copy_up(fs.layers.ns, src, fd.as_fd(), &dst)?;
     set_owner_mode_times(fd.as_fd(), Some((work, tmp)), st)?;
     if let Some(f) = written {
         sync_copy(fs, &f)?;

@@ -92,6 +92,7 @@ fn ctx(req: &Request) -> Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -192,11 +193,13 @@ impl FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         obj: NewObj<'_>,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let c = Ctx { umask, ..ctx(req) };
         let r = self
             .fs
-            .create_obj(&ctx(req), parent.0, name, obj)
+            .create_obj(&c, parent.0, name, obj)
             .map(|(_, a, _)| a);
         entry(reply, r);
     }
@@ -260,9 +263,21 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // File flags (chattr) on directories too.
+            InitFlags::FUSE_HAS_IOCTL_DIR,
         ] {
             // A capability the kernel lacks only costs speed.
             let _ = config.add_capabilities(cap);
+        }
+        // The kernel enforces POSIX ACLs from the `system.posix_acl_*` xattrs we return;
+        // without this it would ignore them, and an ACL that denies would not (issue 15).
+        // It then leaves the umask to us (`DONT_MASK`): the upper filesystem applies it
+        // only where the directory has no default ACL.
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            log::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced");
         }
         if self.fs.passthrough_on()
             && (config
@@ -349,11 +364,12 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObj::Node { mode, rdev }, reply);
+        let obj = NewObj::Node { mode, rdev };
+        self.create_entry(req, parent, name, obj, umask, reply);
     }
 
     fn mkdir(
@@ -362,10 +378,10 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObj::Dir { mode }, reply);
+        self.create_entry(req, parent, name, NewObj::Dir { mode }, umask, reply);
     }
 
     fn symlink(
@@ -383,6 +399,7 @@ impl Filesystem for FuseAdapter {
             NewObj::Symlink {
                 target: target.as_os_str(),
             },
+            0,
             reply,
         );
     }
@@ -658,7 +675,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -667,8 +684,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.to_os_string(), value.to_vec());
+        let caller = ctx(req);
         self.maybe_long(ino.0, true, move |fs| {
-            let r = fs.retry(|| fs.setxattr(ino.0, &name, &value, flags));
+            let r = fs.retry(|| fs.setxattr(ino.0, &name, &value, flags, &caller));
             fs.flush_invalidations(true);
             empty(reply, r);
         });
@@ -697,14 +715,15 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let c = Ctx { umask, ..ctx(req) };
         let (node, a, file) =
             match self
                 .fs
-                .create_obj(&ctx(req), parent.0, name, NewObj::File { mode, flags })
+                .create_obj(&c, parent.0, name, NewObj::File { mode, flags })
             {
                 Ok(x) => x,
                 Err(e) => return reply.error(e.into()),
@@ -746,16 +765,22 @@ impl Filesystem for FuseAdapter {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No file ioctls are served: ENOTTY, as for a regular file that knows none.
-        reply.error(Errno(libc::ENOTTY).into());
+        // File flags (chattr/lsattr); any other command gets ENOTTY.
+        let r = self.fs.fileattr_ioctl(ino.0, cmd, in_data);
+        self.fs.flush_invalidations(true);
+        match r {
+            Ok(out) if out.len() > out_size as usize => reply.error(Errno::EINVAL.into()),
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e.into()),
+        }
     }
 
     fn getlk(

@@ -1,4 +1,5 @@
-//! Clearing set-id bits on write, truncate and `chown`, which the kernel leaves to us.
+//! Clearing set-id bits on write, truncate, `chown` and ACL changes, which the kernel
+//! leaves to us.
 //!
 //! Without `FUSE_HANDLE_KILLPRIV_V2` the kernel asks for `security.capability` (a GETXATTR
 //! round trip) before *every* write to a file; with it the answer is remembered per inode
@@ -89,6 +90,13 @@ pub fn bits_to_clear(mode: u32, gid: u32, caller: &Ctx, cause: Cause) -> u32 {
     suid | if group_exec || !in_group { sgid } else { 0 }
 }
 
+/// Whether setting an access ACL clears set-group-id (`posix_acl_update_mode`): for a
+/// caller outside the file's group without CAP_FSETID.
+pub fn acl_kills_sgid(gid: u32, caller: &Ctx) -> bool {
+    let who = creds(caller);
+    !(who.fsetid || caller.gid == gid || who.groups.contains(&gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +107,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pid: 0,
+            umask: 0,
         }
     }
 
@@ -119,6 +128,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
+            umask: 0,
         };
         let me = creds(&root);
         if !me.fsetid {

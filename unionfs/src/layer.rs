@@ -50,6 +50,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.impure",
         })
     }
+    /// Append-only and immutable (`a`, `i`), which are not set on the upper inode.
+    pub fn protattr(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.protattr",
+            XattrNs::User => "user.overlay.protattr",
+        })
+    }
 }
 
 /// One layer directory.
@@ -233,6 +240,24 @@ fn prepare_work(workdir: &Path) -> Result<(OwnedFd, bool)> {
         WORK_SUBDIR,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::empty(),
+    )?;
+    // A default ACL on the workdir was inherited by `work` (as its default and access
+    // ACLs) and would be by every copy built there: the kernel removes both and the mode
+    // bits they gave, and so do we.
+    let x = crate::sys::fsops::XPath::at(Arc::new(wd), OsStr::new(WORK_SUBDIR));
+    for name in [crate::acl::DEFAULT, crate::acl::ACCESS] {
+        match crate::sys::fsops::removexattr(&x, OsStr::new(name)) {
+            Ok(()) => {}
+            Err(e) if crate::sys::fsops::is_no_xattr(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let path = crate::sys::fsops::proc_fd_path(work.as_fd());
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path.as_c_str(),
+        mode,
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
     )?;
     clean_dir(work.as_fd())?;
     Ok((work, new))

@@ -3,6 +3,7 @@
 //! `fs` adapts it to fuser, and `main.rs` turns a command line into a mount.
 #![deny(unsafe_code)]
 
+pub mod acl;
 pub mod copyup;
 pub mod dirfd;
 pub mod errno;

@@ -669,6 +669,22 @@ fn refuse_overlap(a: &Dir, b: &Dir) -> Result<(), OptionsError> {
     }
 }
 
+/// Refuses an upper layer on a union: the kernel's overlay refuses one on an overlay (its
+/// dentries are not real ones), and one on a FUSE union would take its copy-ups, whiteouts
+/// and xattrs through another union's rules. Either union can be a lower layer.
+fn refuse_union_upper(u: &Dir) -> Result<(), OptionsError> {
+    use nix::sys::statfs::{statfs, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
+    let kind = match statfs(u.given) {
+        Ok(st) if st.filesystem_type() == OVERLAYFS_SUPER_MAGIC => "an overlay",
+        Ok(st) if st.filesystem_type() == FUSE_SUPER_MAGIC => "a FUSE",
+        _ => return Ok(()),
+    };
+    err(format!(
+        "upperdir '{}' is on {kind} filesystem, which is not supported as upperdir",
+        u.given.display()
+    ))
+}
+
 /// Checks the layers and mount point on disk. Returns the workdir opened and `flock`ed
 /// exclusively: keep it open for the life of the daemon, it is what keeps a second unionfs off
 /// the same workdir. None for a read-only union (no workdir).
@@ -683,6 +699,9 @@ pub fn validate(opts: &Options) -> Result<Option<File>, OptionsError> {
         .as_deref()
         .map(|p| check_dir("upperdir", p))
         .transpose()?;
+    if let Some(u) = &upper {
+        refuse_union_upper(u)?;
+    }
     let work = opts
         .workdir
         .as_deref()

@@ -23,6 +23,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The caller's umask, for what it creates: with POSIX ACLs the kernel leaves it to
+    /// the filesystem, which applies it only where the directory has no default ACL.
+    pub umask: u32,
 }
 
 /// Settings that change behaviour, parsed from the command line.

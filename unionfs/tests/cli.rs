@@ -461,6 +461,25 @@ fn misuse_one_line_errors() {
             is_unionfs_mount(&s.path("m1")),
             "the first mount went away when a second one was refused"
         );
+        // An upper layer on a union mount, as the kernel refuses one on an overlay.
+        for d in ["m1/up", "m1/wk"] {
+            fs::create_dir(s.path(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+        }
+        check(
+            "upperdir on a unionfs mount",
+            "a FUSE filesystem, which is not supported as upperdir",
+            &[
+                "-o".into(),
+                format!(
+                    "lowerdir={l},upperdir={},workdir={}",
+                    p("m1/up"),
+                    p("m1/wk")
+                ),
+                p("m2"),
+            ],
+            &p("m2"),
+            &mut failures,
+        );
     }
     // The workdir of a live kernel overlay mount.
     {
@@ -470,6 +489,20 @@ fn misuse_one_line_errors() {
             "workdir in use by a kernel overlay",
             "w2",
             &["-o".into(), o2, p("m2")],
+            &p("m2"),
+            &mut failures,
+        );
+        for d in ["k/up", "k/wk"] {
+            fs::create_dir(s.path(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+        }
+        check(
+            "upperdir on a kernel overlay mount",
+            "an overlay filesystem, which is not supported as upperdir",
+            &[
+                "-o".into(),
+                format!("lowerdir={l},upperdir={},workdir={}", p("k/up"), p("k/wk")),
+                p("m2"),
+            ],
             &p("m2"),
             &mut failures,
         );

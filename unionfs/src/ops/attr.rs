@@ -7,6 +7,7 @@ use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::inode::Real;
 use crate::killpriv::{self, Cause};
+use crate::ops::fileattr::Change;
 use crate::union::{Attr, Ctx, UnionFs};
 
 /// A time to set: a given one or the current time.
@@ -74,6 +75,15 @@ impl UnionFs {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
+        // Append-only and immutable (see `fileattr`): setting the times to now is the only
+        // change an append-only object takes.
+        let at = |t: Option<SetTime>| matches!(t, Some(SetTime::At(_)));
+        let attrs = a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.size.is_some();
+        if attrs || at(a.atime) || at(a.mtime) {
+            self.check(&inode, Change::Attr)?;
+        } else if a.atime.is_some() || a.mtime.is_some() {
+            self.check(&inode, Change::Touch)?;
+        }
         let data = if a.size == Some(0) {
             Data::Skip
         } else {

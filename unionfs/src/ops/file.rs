@@ -14,6 +14,7 @@ use nix::fcntl::{FallocateFlags, OFlag};
 use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
 use crate::handle::FileHandle;
+use crate::ops::fileattr::Change;
 use crate::options::Passthrough;
 use crate::union::UnionFs;
 
@@ -150,6 +151,8 @@ impl UnionFs {
         let inode = self.inode(ino)?;
         let real = if wants_write(flags) {
             self.check_writable()?;
+            let append = flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0;
+            self.check(&inode, Change::Write { append })?;
             if !lower_backing_gone(&inode) {
                 // The kernel would open the lower file for writing as this open's backing
                 // (see `data_path`); refuse before copying up, as for a busy executable.

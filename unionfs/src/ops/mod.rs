@@ -3,6 +3,7 @@
 pub mod attr;
 pub mod dir;
 pub mod file;
+pub mod fileattr;
 pub mod namei;
 pub mod xattr;
 

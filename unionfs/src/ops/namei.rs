@@ -11,11 +11,13 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
+use crate::acl;
 use crate::copyup::{ensure_upper, mark_impure, open_path, upper_real, Data};
 use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
 use crate::inode::{Inode, LayerRef, Loc, Real, State};
 use crate::layer::{clean_dir, fstat_fd};
+use crate::ops::fileattr::Change;
 use crate::ops::{lower_positive, Held};
 use crate::union::{Attr, Ctx, UnionFs};
 use crate::whiteout;
@@ -36,6 +38,16 @@ impl NewObj<'_> {
         match self {
             NewObj::File { mode, .. } | NewObj::Dir { mode } | NewObj::Node { mode, .. } => *mode,
             NewObj::Symlink { .. } => 0o777,
+        }
+    }
+    /// The same object with other permission bits (a symlink has none to change).
+    fn with_mode(&self, perm: u32) -> NewObj<'_> {
+        let mode = (self.mode() & !0o777) | (perm & 0o777);
+        match *self {
+            NewObj::File { flags, .. } => NewObj::File { mode, flags },
+            NewObj::Dir { .. } => NewObj::Dir { mode },
+            NewObj::Node { rdev, .. } => NewObj::Node { mode, rdev },
+            NewObj::Symlink { target } => NewObj::Symlink { target },
         }
     }
 }
@@ -167,12 +179,16 @@ impl UnionFs {
             return Err(Errno::ENAMETOOLONG);
         }
         let p = self.parent_dir(parent)?;
+        self.check(&p, Change::AddEntry)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let pdir_fd = pu.dir()?;
         let pmode = fstat_fd(pdir_fd.as_fd())?.st_mode;
         let setgid = pmode & libc::S_ISGID != 0;
         let pdir = pu.dir_ref()?;
-        let (real, file) = match make(pdir_fd.as_fd(), name, &obj) {
+        // Made in its directory with the caller's umask, the upper filesystem gives the
+        // object the directory's default ACL, or applies the umask where there is none.
+        let made = crate::sys::fsops::with_umask(ctx.umask, || make(pdir_fd.as_fd(), name, &obj))?;
+        let (real, file) = match made {
             Ok(file) => {
                 let real = upper_real(pdir, name, obj.is_dir(), None)?;
                 own(&real, ctx, setgid, &obj)?;
@@ -223,7 +239,14 @@ impl UnionFs {
         let pdir = pref.fd()?;
         let tmp = self.tmp_name();
         let built = (|| -> Result<(Real, Option<File>)> {
-            let file = make(work, &tmp, obj)?;
+            // Built outside its directory: give it what the directory's default ACL (or
+            // the umask) would have given it there.
+            let dflt = match obj {
+                NewObj::Symlink { .. } => None,
+                _ => crate::sys::fsops::getxattr_vec(&pu.xpath()?, OsStr::new(acl::DEFAULT))?,
+            };
+            let inh = acl::inherit(dflt.as_deref(), obj.mode(), ctx.umask, obj.is_dir())?;
+            let file = make(work, &tmp, &obj.with_mode(inh.mode))?;
             let tfd = Arc::new(open_path(work, &tmp)?);
             let st = fstat_fd(tfd.as_fd())?;
             let t = Real {
@@ -232,6 +255,11 @@ impl UnionFs {
                 dev: st.st_dev,
                 ino: st.st_ino,
             };
+            for (n, v) in [(acl::ACCESS, &inh.access), (acl::DEFAULT, &inh.default)] {
+                if let Some(v) = v {
+                    crate::sys::fsops::setxattr(&t.xpath()?, OsStr::new(n), v, 0)?;
+                }
+            }
             own(&t, ctx, false, obj)?;
             if setgid {
                 // Built outside the setgid directory: give it what the directory would have.
@@ -263,8 +291,10 @@ impl UnionFs {
         if src.is_dir() {
             return Err(Errno::EPERM);
         }
-        let su = ensure_upper(self, &src, Data::Copy)?;
         let p = self.parent_dir(newparent)?;
+        self.check(&src, Change::Unlink)?;
+        self.check(&p, Change::AddEntry)?;
+        let su = ensure_upper(self, &src, Data::Copy)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let pdir_fd = pu.dir()?;
         let pdir = pdir_fd.as_fd();
@@ -320,6 +350,8 @@ impl UnionFs {
         let p = self.parent_dir(parent)?;
         let held = Held::lookup(self, parent, name)?;
         let node = &held.node;
+        self.check(&p, Change::RemoveEntry)?;
+        self.check(node, Change::Unlink)?;
         match (dir, node.is_dir()) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
@@ -420,6 +452,7 @@ impl UnionFs {
         } else if exchange {
             return Err(Errno::ENOENT);
         }
+        self.check_rename(&p, &src.node, &np, dst.as_ref().map(|d| &*d.node))?;
         // Without redirect_dir a directory with lower content cannot move: EXDEV makes
         // `mv` copy it instead. The kernel's overlay says so before it looks at the target.
         let has_lower = |n: &Inode| !n.state.read().lowers.is_empty();

@@ -5,9 +5,12 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use crate::acl;
 use crate::copyup::{ensure_upper, Data};
 use crate::errno::{Errno, Result};
-use crate::union::UnionFs;
+use crate::killpriv;
+use crate::ops::fileattr::Change;
+use crate::union::{Ctx, UnionFs};
 
 impl UnionFs {
     /// The real name for a name seen through the union.
@@ -57,18 +60,36 @@ impl UnionFs {
         Ok(out)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: &Ctx,
+    ) -> Result<()> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
+        self.check(&inode, Change::Attr)?;
         let upper = ensure_upper(self, &inode, Data::Copy)?;
         let rname = self.real_xattr_name(name);
         crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
+        if name == acl::ACCESS {
+            // The upper filesystem updated the mode from the ACL, judging the daemon; the
+            // set-group-id bit goes as the kernel's `posix_acl_update_mode` says for the
+            // caller: when it is neither in the group nor has CAP_FSETID.
+            let st = upper.stat()?;
+            if st.st_mode & libc::S_ISGID != 0 && killpriv::acl_kills_sgid(st.st_gid, caller) {
+                upper.chmod(st.st_mode & 0o7777 & !libc::S_ISGID)?;
+            }
+        }
         Ok(())
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
+        self.check(&inode, Change::Attr)?;
         let rname = self.real_xattr_name(name);
         // Removing what is not there must not copy up.
         {

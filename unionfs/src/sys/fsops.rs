@@ -352,3 +352,76 @@ pub fn open_by_handle(
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+thread_local! {
+    /// Whether this thread has an fs context (umask, cwd) of its own.
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the thread's umask set to `mask`, then puts the daemon's (0) back. The
+/// umask belongs to the fs context that all threads share, so the first call in a thread
+/// gives it a context of its own (`unshare(CLONE_FS)`): requests served at the same time
+/// by other threads keep their own masks.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    use nix::sys::stat::{umask, Mode};
+    if !OWN_FS.get() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io::Error::from)?;
+        OWN_FS.set(true);
+    }
+    let old = umask(Mode::from_bits_truncate(mask & 0o777));
+    let r = f();
+    umask(old);
+    Ok(r)
+}
+
+/// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (declared with a `long`, but the kernel reads and
+/// writes an `int`), and `FS_IOC_FSGETXATTR`/`FS_IOC_FSSETXATTR` with a 28-byte
+/// `struct fsxattr`.
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+pub const FS_IOC32_GETFLAGS: u32 = 0x8004_6601;
+pub const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+pub const FSXATTR_SIZE: usize = 28;
+
+pub fn get_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which points to `v`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut v) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v as u32)
+}
+
+pub fn set_flags(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    let v = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from the pointer, which points to `v`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_SETFLAGS as _, &v) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn fsgetxattr(fd: BorrowedFd<'_>) -> io::Result<[u8; FSXATTR_SIZE]> {
+    let mut v = [0u8; FSXATTR_SIZE];
+    // SAFETY: FS_IOC_FSGETXATTR writes a struct fsxattr (28 bytes) to the pointer, which
+    // points to a buffer of that size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR as _, v.as_mut_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+pub fn fssetxattr(fd: BorrowedFd<'_>, v: &[u8; FSXATTR_SIZE]) -> io::Result<()> {
+    // SAFETY: FS_IOC_FSSETXATTR reads a struct fsxattr (28 bytes) from the pointer, which
+    // points to a buffer of that size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR as _, v.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

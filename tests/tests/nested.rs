@@ -1,0 +1,150 @@
+//! Nested unions (overlayfs.rst, "Nesting overlayfs mounts"): a union used as a lower
+//! layer of another keeps the outer union's markers. What a user of the inner union sets
+//! as `trusted.overlay.X` is stored escaped (`trusted.overlay.overlay.X`) and shown
+//! unescaped, so the outer union reads it as its own marker: here an opaque directory.
+//!
+//! unionfs over unionfs and the kernel's overlay over unionfs run the same steps as the
+//! kernel's overlay over itself, the reference, and must match it: the inner upper layer,
+//! what the outer union shows, and the outer upper layer. (unionfs over the kernel's
+//! overlay shows the same, but records no origin for copies of its files: a kernel overlay
+//! without `nfs_export` gives userspace no file handles.)
+
+use std::path::Path;
+
+use difftests::fixture::Layout;
+use difftests::scenario::{require_root, run_script};
+use difftests::snapshot::{diff, walk, Snapshot, WalkKind};
+use difftests::{Ops, Target, Tree};
+
+struct Seen {
+    inner_log: Vec<String>,
+    outer_log: Vec<String>,
+    inner_upper: Snapshot,
+    outer_merged: Snapshot,
+    outer_upper: Snapshot,
+}
+
+/// What the inner union's user writes: a directory the outer union must see as opaque,
+/// and an overlay xattr of the user's own on a file.
+fn inner_script(o: &mut Ops) {
+    o.mkdir("x", 0o755);
+    o.write("x/kept", "kept\n");
+    o.setxattr("x", "trusted.overlay.opaque", "y");
+    o.want("ok");
+    o.setxattr("x/kept", "trusted.overlay.note", "mine");
+    o.listxattr("x");
+    o.getxattr("x", "trusted.overlay.opaque");
+    o.want("ok \"y\"");
+    o.listxattr("x/kept");
+    o.listxattr("pre");
+}
+
+fn outer_script(o: &mut Ops) {
+    // `x` and `pre` are opaque to the outer union: the bottom layer's entries are hidden.
+    o.readdir("x");
+    o.want("ok [kept]");
+    o.readdir("pre");
+    o.want("ok [top]");
+    o.readdir("open");
+    o.want("ok [a,b]");
+    o.listxattr("x");
+    o.getxattr("x", "trusted.overlay.opaque");
+    o.listxattr("x/kept");
+    o.append("x/kept", "outer\n");
+    o.read("x/kept");
+    o.write("x/new", "new\n");
+    // (No readdir here: after the copy-up the kernel's outer overlay over an overlay
+    // reports a d_ino for `kept` that is not its st_ino; the merged walk lists `x`.)
+}
+
+/// The outer union's bottom layer: what the inner one's opaque directories hide.
+fn bottom() -> Tree {
+    Tree::new()
+        .file("x/hidden", 0o644, "hidden\n")
+        .file("pre/gone", 0o644, "gone\n")
+        .file("open/b", 0o644, "b\n")
+}
+
+/// The inner union's lower layer: an escaped marker written there directly.
+fn inner_lower() -> Tree {
+    Tree::new()
+        .dir("pre", 0o755)
+        .file("pre/top", 0o644, "top\n")
+        .xattr("pre", "trusted.overlay.overlay.opaque", "y")
+        .file("open/a", 0o644, "a\n")
+}
+
+fn run(inner: Target, outer: Target) -> Seen {
+    let tag = format!("nested-{inner:?}-{outer:?}");
+    let il = Layout::build(&format!("{tag}-in"), &[inner_lower()], None, true);
+    let mut ig = il
+        .mount(inner)
+        .unwrap_or_else(|e| panic!("[{tag}] inner mount: {e}"));
+    let inner_log = run_script(&il.mnt, inner == Target::Kernel, 0o022, &inner_script);
+    let mut ol = Layout::build(&format!("{tag}-out"), &[Tree::new(), bottom()], None, true);
+    ol.lowers[0] = il.mnt.clone();
+    let (outer_log, outer_merged) = {
+        let mut og = ol
+            .mount(outer)
+            .unwrap_or_else(|e| panic!("[{tag}] outer mount: {e}"));
+        let log = run_script(&ol.mnt, outer == Target::Kernel, 0o022, &outer_script);
+        let merged = walk(og.path(), WalkKind::Merged, &[]);
+        og.unmount()
+            .unwrap_or_else(|e| panic!("[{tag}] outer: {e}"));
+        (log, merged)
+    };
+    ig.unmount()
+        .unwrap_or_else(|e| panic!("[{tag}] inner: {e}"));
+    let upper = |l: &Layout| {
+        walk(
+            l.upper.as_deref().unwrap_or(Path::new("/")),
+            WalkKind::Upper,
+            &[],
+        )
+    };
+    Seen {
+        inner_log,
+        outer_log,
+        inner_upper: upper(&il),
+        outer_merged,
+        outer_upper: upper(&ol),
+    }
+}
+
+fn compare(name: &str, a: &Seen, b: &Seen) {
+    let mut r = String::new();
+    if let Some(d) = difftests::scenario::log_diff(&a.inner_log, &b.inner_log) {
+        r += &format!("inner logs differ:\n{d}");
+    }
+    if let Some(d) = difftests::scenario::log_diff(&a.outer_log, &b.outer_log) {
+        r += &format!("outer logs differ:\n{d}");
+    }
+    for (what, x, y) in [
+        ("inner upper", &a.inner_upper, &b.inner_upper),
+        ("outer merged", &a.outer_merged, &b.outer_merged),
+        ("outer upper", &a.outer_upper, &b.outer_upper),
+    ] {
+        if let Some(d) = diff(x, y, "kernel/kernel", name, 20) {
+            r += &format!("{what} differs:\n{d}");
+        }
+    }
+    assert!(r.is_empty(), "{name} differs from kernel over kernel:\n{r}");
+}
+
+#[test]
+fn nested_unions_keep_the_outer_markers() {
+    if !require_root("nested_unions_keep_the_outer_markers") {
+        return;
+    }
+    let reference = run(Target::Kernel, Target::Kernel);
+    compare(
+        "unionfs over unionfs",
+        &reference,
+        &run(Target::Unionfs, Target::Unionfs),
+    );
+    compare(
+        "kernel overlay over unionfs",
+        &reference,
+        &run(Target::Unionfs, Target::Kernel),
+    );
+}
