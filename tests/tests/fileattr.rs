@@ -24,8 +24,18 @@ fn flagged() -> Tree {
         .chattr("idir", "+i")
 }
 
+/// Why these run on one filesystem only.
+const NO_FLAGS_ON_TMPFS: &str = "the other layouts put layers on tmpfs, which refuses \
+append-only and immutable (EOPNOTSUPP) on the kernel's overlay too";
+
 #[test]
 fn lsattr_and_chattr_on_lower_and_upper() {
+    if !difftests::scenario::require_one_fs(
+        "lsattr_and_chattr_on_lower_and_upper",
+        NO_FLAGS_ON_TMPFS,
+    ) {
+        return;
+    }
     Scenario::new("lsattr_and_chattr_on_lower_and_upper")
         .lower(flagged())
         .upper(Tree::new().file("up", 0o644, "up\n").dir("udir", 0o755))
@@ -67,6 +77,9 @@ fn lsattr_and_chattr_on_lower_and_upper() {
 /// file itself (where allowed) and of its directory.
 #[test]
 fn copy_up_takes_file_flags_along() {
+    if !difftests::scenario::require_one_fs("copy_up_takes_file_flags_along", NO_FLAGS_ON_TMPFS) {
+        return;
+    }
     let lower = Tree::new()
         .file("d/noat", 0o644, "n\n")
         .file("d/app", 0o644, "a\n")
@@ -102,6 +115,12 @@ fn copy_up_takes_file_flags_along() {
 /// through the union: each step states the kernel's errno.
 #[test]
 fn append_only_and_immutable_are_enforced() {
+    if !difftests::scenario::require_one_fs(
+        "append_only_and_immutable_are_enforced",
+        NO_FLAGS_ON_TMPFS,
+    ) {
+        return;
+    }
     Scenario::new("append_only_and_immutable_are_enforced")
         .lower(flagged())
         .run(|o| {
