@@ -138,7 +138,17 @@ impl Extractor<'_> {
         let raw = e.path_bytes().into_owned();
         let comps = components(&raw)?;
         let kind = e.header().entry_type();
-        let meta = meta_of(e.header())?;
+        // A hard link takes its metadata from its target; some tools leave its fields empty.
+        let meta = if kind == tar::EntryType::Link {
+            Meta {
+                uid: 0,
+                gid: 0,
+                mode: 0,
+                mtime: 0,
+            }
+        } else {
+            meta_of(e.header())?
+        };
         let xattrs = xattrs_of(e)?;
         let Some((name, parents)) = comps.split_last() else {
             // "./": the layer root itself; it keeps the store's own mode.
