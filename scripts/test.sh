@@ -8,8 +8,9 @@ cargo test --workspace -- --test-threads=4
 # The scenarios again with file data through the daemon (no passthrough, as unprivileged
 # mounts run): reads, writes and the set-id rules then take other code paths.
 DIFFTEST_UNIONFS_OPTS=nopassthrough cargo test -p difftests --test scenarios -- --test-threads=4
-# The tests mount only under these scratch prefixes (difftests, the daemon's own tests).
-left=$(grep -E ' - (fuse[^ ]*|overlay) ' /proc/self/mountinfo | grep -E ' /tmp/(dt-|unionfs-it-)' || true)
+# The tests mount only under these scratch prefixes (difftests, the daemon's own tests,
+# runbox's containers).
+left=$(grep -E ' - (fuse[^ ]*|overlay) ' /proc/self/mountinfo | grep -E ' /tmp/(dt-|unionfs-it-|runbox-it-)' || true)
 if [ -n "$left" ]; then
   echo "mounts left behind by the tests:"; echo "$left"; exit 1
 fi

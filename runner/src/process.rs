@@ -83,13 +83,27 @@ fn signal_set() -> SigSet {
     s
 }
 
-/// Runs the container's command; returns its exit code. `verbose` notes escalations.
-pub fn run(spec: &ChildSpec) -> Result<i32> {
+/// How the command ended: its exit code, and the one-line reason when it never started
+/// (the code is then 125 for a setup failure, 126 not executable, 127 not found).
+pub struct Outcome {
+    pub code: i32,
+    pub error: Option<String>,
+}
+
+/// Blocks the forwarded signals (and SIGCHLD) in runbox itself: called before anything is
+/// mounted, so a SIGINT or SIGTERM arriving during set-up waits for the loop (which
+/// forwards it) instead of killing runbox with its mounts in place. The command unblocks
+/// them before exec.
+pub fn block_signals() -> Result<()> {
+    signal_set()
+        .thread_block()
+        .map_err(|e| Error::sys("block signals", e))
+}
+
+/// Runs the container's command and waits for it.
+pub fn run(spec: &ChildSpec) -> Result<Outcome> {
     let set = signal_set();
-    // Blocked before the fork so no signal is lost between fork and the loop; the command
-    // unblocks them before exec.
-    set.thread_block()
-        .map_err(|e| Error::sys("block signals", e))?;
+    block_signals()?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Error::sys("signalfd", e))?;
     let (pid_r, pid_w) = pipe()?;
@@ -110,14 +124,15 @@ pub fn run(spec: &ChildSpec) -> Result<i32> {
         .read_exact(&mut buf)
         .ok()
         .map(|_| Pid::from_raw(i32::from_ne_bytes(buf)));
-    let status = supervise(&sfd, helper, cmd_pid)?;
-    let _ = set.thread_unblock();
+    let code = supervise(&sfd, helper, cmd_pid)?;
     let mut msg = String::new();
     let _ = File::from(err_r).read_to_string(&mut msg);
-    if let Some(line) = msg.lines().next().filter(|l| !l.is_empty()) {
-        return Err(Error::usage(line.to_string()));
-    }
-    Ok(status)
+    let error = msg
+        .lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
+    Ok(Outcome { code, error })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

@@ -184,6 +184,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     let init = make_init_layer(&dir)?;
     let etc = write_etc_files(&dir, &hostname)?;
 
+    process::block_signals()?;
     let probe = Probe::gather();
     let (backend, why) = backend::choose(args.backend, &probe)?;
     if verbose {
@@ -233,13 +234,16 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
             env: envv.clone(),
             cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         };
-        let code = process::run(&spec);
+        let outcome = process::run(&spec);
         let unmounted = mounted.unmount();
         let removed = cg.as_mut().map(|c| c.remove()).unwrap_or(Ok(()));
-        let code = code?;
+        let outcome = outcome?;
         unmounted?;
         removed?;
-        Ok(code)
+        if let Some(msg) = &outcome.error {
+            eprintln!("runbox: error: {msg}");
+        }
+        Ok(outcome.code)
     })();
 
     state.status = "exited".into();
