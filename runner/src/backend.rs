@@ -102,16 +102,42 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Nothing mounted on the host side (rootless kernel: the mount lives and dies in the
+    /// container's namespaces).
+    pub fn none() -> Mounted {
+        Mounted { path: None }
+    }
+
+    /// Whatever is mounted at `p`, to be unmounted.
+    pub fn at(p: &Path) -> Mounted {
+        Mounted {
+            path: Some(p.to_path_buf()),
+        }
+    }
+
     pub fn unmount(&mut self) -> Result<()> {
         let Some(p) = self.path.take() else {
             return Ok(());
         };
-        match umount2(&p, MntFlags::empty()) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                umount2(&p, MntFlags::MNT_DETACH).map_err(|e| Error::path("unmount", &p, e.into()))
+        if umount2(&p, MntFlags::empty()).is_ok() {
+            return Ok(());
+        }
+        if !nix::unistd::geteuid().is_root() {
+            // A user's FUSE mount: only fusermount3 may undo it (lazily as a last resort).
+            for args in [["-u"], ["-uz"]] {
+                let st = FUSERMOUNT.iter().find(|f| Path::new(f).exists()).map(|f| {
+                    Command::new(f)
+                        .args(args)
+                        .arg(&p)
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                });
+                if matches!(st, Some(Ok(s)) if s.success()) {
+                    return Ok(());
+                }
             }
         }
+        umount2(&p, MntFlags::MNT_DETACH).map_err(|e| Error::path("unmount", &p, e.into()))
     }
 }
 

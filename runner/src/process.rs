@@ -52,6 +52,8 @@ pub struct ChildSpec {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cgroup_procs: Vec<PathBuf>,
+    /// Rootless: a new user namespace mapping the caller (these host ids) to root.
+    pub userns: Option<(u32, u32)>,
 }
 
 /// Exit status in the shell's convention.
@@ -63,7 +65,7 @@ pub fn exit_code(ws: WaitStatus) -> Option<i32> {
     }
 }
 
-pub fn namespace_flags(host_net: bool) -> CloneFlags {
+pub fn namespace_flags(host_net: bool, userns: bool) -> CloneFlags {
     let mut f = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -71,7 +73,21 @@ pub fn namespace_flags(host_net: bool) -> CloneFlags {
     if !host_net {
         f |= CloneFlags::CLONE_NEWNET;
     }
+    // Created first by the kernel, so it owns the others.
+    if userns {
+        f |= CloneFlags::CLONE_NEWUSER;
+    }
     f
+}
+
+/// The id maps a rootless helper writes for itself: only its own ids, mapped to 0 (what a
+/// process may map without newuidmap). setgroups must be denied before the gid map.
+pub fn id_maps(uid: u32, gid: u32) -> [(&'static str, String); 3] {
+    [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("0 {uid} 1")),
+        ("/proc/self/gid_map", format!("0 {gid} 1")),
+    ]
 }
 
 fn signal_set() -> SigSet {
@@ -198,8 +214,18 @@ fn helper_main(spec: &ChildSpec, pid_w: OwnedFd, err_w: OwnedFd) -> ! {
         report(err_w, &e.to_string());
         std::process::exit(125)
     };
-    if let Err(e) = unshare(namespace_flags(spec.host_net)) {
+    if let Err(e) = unshare(namespace_flags(spec.host_net, spec.userns.is_some())) {
         fail(Error::sys("unshare namespaces", e), &err_w);
+    }
+    if let Some((uid, gid)) = spec.userns {
+        for (file, line) in id_maps(uid, gid) {
+            if let Err(e) = std::fs::write(file, &line) {
+                fail(
+                    Error::path(&format!("write {line:?} to"), Path::new(file), e),
+                    &err_w,
+                );
+            }
+        }
     }
     let cmd = match sys::fork() {
         Err(e) => fail(Error::sys("fork", e), &err_w),
@@ -255,7 +281,10 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
     }
     if let Some((uid, gid)) = spec.user {
         let g = Gid::from_raw(gid);
-        nix::unistd::setgroups(&[g]).map_err(|e| setup(Error::sys("setgroups", e)))?;
+        // Denied (and pointless) in a user namespace mapping one id.
+        if spec.userns.is_none() {
+            nix::unistd::setgroups(&[g]).map_err(|e| setup(Error::sys("setgroups", e)))?;
+        }
         nix::unistd::setgid(g).map_err(|e| setup(Error::sys(format!("setgid {gid}"), e)))?;
         nix::unistd::setuid(Uid::from_raw(uid))
             .map_err(|e| setup(Error::sys(format!("setuid {uid}"), e)))?;
@@ -324,8 +353,18 @@ mod tests {
 
     #[test]
     fn net_flag() {
-        assert!(namespace_flags(false).contains(CloneFlags::CLONE_NEWNET));
-        assert!(!namespace_flags(true).contains(CloneFlags::CLONE_NEWNET));
-        assert!(namespace_flags(true).contains(CloneFlags::CLONE_NEWPID));
+        assert!(namespace_flags(false, false).contains(CloneFlags::CLONE_NEWNET));
+        assert!(!namespace_flags(true, false).contains(CloneFlags::CLONE_NEWNET));
+        assert!(namespace_flags(true, false).contains(CloneFlags::CLONE_NEWPID));
+        assert!(!namespace_flags(true, false).contains(CloneFlags::CLONE_NEWUSER));
+        assert!(namespace_flags(false, true).contains(CloneFlags::CLONE_NEWUSER));
+    }
+
+    #[test]
+    fn maps() {
+        let m = id_maps(1000, 100);
+        assert_eq!(m[0].1, "deny");
+        assert_eq!(m[1], ("/proc/self/uid_map", "0 1000 1".to_string()));
+        assert_eq!(m[2], ("/proc/self/gid_map", "0 100 1".to_string()));
     }
 }

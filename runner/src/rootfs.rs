@@ -51,6 +51,9 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 pub enum Step {
     /// Stop mount events crossing between the host and this namespace.
     MakePrivate,
+    /// Mount the kernel's overlay on the root from inside the namespaces (rootless: the
+    /// mount must belong to the new user namespace).
+    Overlay(String),
     /// Bind the new root onto itself: pivot_root needs a mount point.
     BindRoot,
     /// Mount a filesystem at a path below the root.
@@ -82,6 +85,8 @@ pub enum Step {
 
 /// What the plan needs from the run: the host files for /etc.
 pub struct Spec {
+    /// Overlay options when the union is mounted inside the namespaces (rootless kernel).
+    pub overlay: Option<String>,
     pub hosts: PathBuf,
     pub hostname: PathBuf,
     pub resolv: PathBuf,
@@ -89,8 +94,11 @@ pub struct Spec {
 
 pub fn plan(spec: &Spec) -> Vec<Step> {
     let nsx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mut s = vec![
-        Step::MakePrivate,
+    let mut s = vec![Step::MakePrivate];
+    if let Some(o) = &spec.overlay {
+        s.push(Step::Overlay(o.clone()));
+    }
+    s.extend([
         Step::BindRoot,
         Step::Mount {
             fstype: "proc",
@@ -110,7 +118,7 @@ pub fn plan(spec: &Spec) -> Vec<Step> {
             flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
             data: "mode=755,size=65536k",
         },
-    ];
+    ]);
     for d in DEVICES {
         s.push(Step::Touch(format!("dev/{d}")));
         s.push(Step::Bind {
@@ -236,6 +244,14 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 None,
                 "make mounts private",
             )?,
+            Step::Overlay(opts) => m(
+                Some(Path::new("overlay")),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts),
+                "mount overlay on the root",
+            )?,
             Step::BindRoot => m(
                 Some(root),
                 root,
@@ -252,14 +268,27 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
             } => {
                 let fd = open_below(root, target)?;
                 let data = (!data.is_empty()).then_some(*data);
-                m(
+                let r = mount(
                     Some(Path::new(fstype)),
                     &fd_path(&fd),
-                    Some(fstype),
+                    Some(*fstype),
                     *flags,
                     data,
-                    &format!("mount {fstype} on /{target}"),
-                )?;
+                );
+                match r {
+                    Ok(()) => {}
+                    // A user namespace that does not own the network namespace (rootless
+                    // with --net host) may not mount sysfs: bind the host's instead.
+                    Err(Errno::EPERM) if *fstype == "sysfs" => m(
+                        Some(Path::new("/sys")),
+                        &fd_path(&fd),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                        "bind /sys",
+                    )?,
+                    Err(e) => return Err(Error::sys(format!("mount {fstype} on /{target}"), e)),
+                }
             }
             Step::Touch(rel) => {
                 // In the tmpfs mounted by this plan: nothing of the image is below it.
@@ -363,6 +392,7 @@ mod tests {
 
     fn spec() -> Spec {
         Spec {
+            overlay: None,
             hosts: "/c/hosts".into(),
             hostname: "/c/hostname".into(),
             resolv: "/c/resolv.conf".into(),
@@ -397,5 +427,15 @@ mod tests {
             s.contains(&Step::Mask("proc/sysrq-trigger"))
                 || s.contains(&Step::ReadOnly("proc/sysrq-trigger"))
         );
+    }
+
+    #[test]
+    fn rootless_overlay_comes_before_the_root_bind() {
+        let mut sp = spec();
+        sp.overlay = Some("lowerdir=/l,upperdir=/u,workdir=/w,userxattr".into());
+        let s = plan(&sp);
+        assert_eq!(s.first(), Some(&Step::MakePrivate));
+        assert!(matches!(s.get(1), Some(Step::Overlay(o)) if o.ends_with("userxattr")));
+        assert_eq!(s.get(2), Some(&Step::BindRoot));
     }
 }

@@ -93,6 +93,7 @@ fn write_etc_files(dir: &Path, hostname: &str) -> Result<rootfs::Spec> {
     );
     let resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
     Ok(rootfs::Spec {
+        overlay: None,
         hosts: w("hosts", hosts.as_bytes())?,
         hostname: w("hostname", format!("{hostname}\n").as_bytes())?,
         resolv: w("resolv.conf", &resolv)?,
@@ -116,11 +117,9 @@ impl Drop for RmGuard<'_> {
 }
 
 pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::usage(
-            "run needs root (rootless containers are not implemented yet)",
-        ));
-    }
+    // Rootless: a user namespace maps the caller to root; the kernel's overlay is mounted
+    // inside it with userxattr, FUSE goes through fusermount3.
+    let rootless = !nix::unistd::geteuid().is_root();
     let name = args.name.clone().unwrap_or_else(generated_name);
     check_name("container", &name)?;
     check_name("image", &args.image)?;
@@ -163,6 +162,11 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
         Some(u) => Some(env::parse_user(u)?),
         None => None,
     };
+    if rootless && user.is_some_and(|u| u != (0, 0)) {
+        return Err(Error::usage(
+            "--user other than 0:0 needs root: a rootless container maps only your own ids",
+        ));
+    }
     let term = std::env::var("TERM").ok();
     let envv = env::build_env(&cfg.env, &args.env, &hostname, term.as_deref())?;
     let argv = env::build_argv(&cfg.entrypoint, &cfg.cmd, &args.cmd)?;
@@ -182,7 +186,12 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
         fs::create_dir_all(p).map_err(|e| Error::path("create", p, e))?;
     }
     let init = make_init_layer(&dir)?;
-    let etc = write_etc_files(&dir, &hostname)?;
+    let mut etc = write_etc_files(&dir, &hostname)?;
+    // A container killed with its runbox may have left its union mounted (we hold the
+    // lock, so no live run uses it).
+    if is_mount_point(&merged) {
+        let _ = backend::Mounted::at(&merged).unmount();
+    }
 
     process::block_signals()?;
     let probe = Probe::gather();
@@ -193,9 +202,13 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     let mut lowers = vec![init];
     match backend {
         Backend::Fuse => lowers.extend(store.layer_dirs(&args.image, &cfg)),
-        Backend::Kernel => lowers.extend(kernel_lowers(store, &args.image, &cfg, false)?),
+        Backend::Kernel => lowers.extend(kernel_lowers(store, &args.image, &cfg, rootless)?),
     }
-    let opts = backend::options(&lowers, &upper, &work)?;
+    let mut opts = backend::options(&lowers, &upper, &work)?;
+    if rootless && backend == Backend::Kernel {
+        opts.push_str(",userxattr");
+        etc.overlay = Some(opts.clone());
+    }
 
     let mut state = ContainerState {
         name: name.clone(),
@@ -221,6 +234,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
                     .ok_or_else(|| Error::usage("unionfs binary not found"))?;
                 backend::mount_fuse(&bin, &opts, &merged)?
             }
+            Backend::Kernel if rootless => Mounted::none(),
             Backend::Kernel => backend::mount_kernel(&opts, &merged)?,
         };
         let spec = ChildSpec {
@@ -233,6 +247,12 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
             argv: argv.clone(),
             env: envv.clone(),
             cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            userns: rootless.then(|| {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            }),
         };
         let outcome = process::run(&spec);
         let unmounted = mounted.unmount();
