@@ -195,7 +195,7 @@ fn rmi(store: &Store, name: &str) -> Result<()> {
     let dir = store.image_dir(name);
     let doomed = store
         .tmp()
-        .join(format!("rmi-{name}-{}", std::process::id()));
+        .join(format!("rmi-{name}-{}-0", std::process::id()));
     std::fs::rename(&dir, &doomed).map_err(|e| Error::path("remove", &dir, e))?;
     remove_tree(&doomed).map_err(|e| Error::path("remove", &doomed, e))
 }

@@ -31,7 +31,7 @@ pub fn remove_container(store: &Store, name: &str) -> Result<()> {
     }
     let doomed = store
         .tmp()
-        .join(format!("rm-{name}-{}", std::process::id()));
+        .join(format!("rm-{name}-{}-0", std::process::id()));
     fs::rename(&dir, &doomed).map_err(|e| Error::path("remove", &dir, e))?;
     remove_tree(&doomed).map_err(|e| Error::path("remove", &doomed, e))
 }
@@ -134,7 +134,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     }
 
     let dir = store.container_dir(&name);
-    let (cfg, _lock) = {
+    let (cfg, _lock, existed) = {
         let _store_lock = store.lock()?;
         let cfg = store.load_image(&args.image)?;
         if let Some(st) = store.load_state(&name)? {
@@ -145,13 +145,16 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
                 )));
             }
         }
+        let existed = dir.join("state.json").exists();
         fs::create_dir_all(&dir).map_err(|e| Error::path("create", &dir, e))?;
         let lock = store.lock_container(&name)?;
-        (cfg, lock)
+        (cfg, lock, existed)
     };
-    let _rm = RmGuard {
+    // A new container that never got to run its command is not kept; --rm removes it
+    // in any case.
+    let mut rm_guard = RmGuard {
         store,
-        name: args.rm.then(|| name.clone()),
+        name: (args.rm || !existed).then(|| name.clone()),
     };
 
     let user = match args
@@ -271,6 +274,9 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     state.exit_code = result.as_ref().ok().copied();
     if !args.rm {
         store.save_state(&state)?;
+        if result.is_ok() {
+            rm_guard.name = None;
+        }
     }
     result
 }

@@ -111,7 +111,25 @@ impl Store {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::path("create store directory", &p, e))?;
         }
-        Ok(Store { root })
+        let store = Store { root };
+        store.sweep_tmp();
+        Ok(store)
+    }
+
+    /// Removes what runbox processes killed mid-way left in `tmp/` (names end in
+    /// `-PID-N`; a live PID keeps its entries).
+    fn sweep_tmp(&self) {
+        let Ok(rd) = fs::read_dir(self.tmp()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = tmp_owner(&name) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = crate::fsutil::remove_tree(&e.path());
+                }
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -198,6 +216,16 @@ impl Store {
     }
 }
 
+/// The PID in a temporary name `TAG-PID-N`.
+pub fn tmp_owner(name: &str) -> Option<u32> {
+    let mut it = name.rsplitn(3, '-');
+    let n = it.next()?;
+    let pid = it.next()?;
+    it.next()?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
 fn list_names(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| Error::path("read", dir, e))?
@@ -237,6 +265,14 @@ mod tests {
         for bad in ["", "..", ".x", "a/b", "-x", "a b", "é"] {
             assert!(check_name("image", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn temporary_names() {
+        assert_eq!(tmp_owner("import-busy-box-123-0"), Some(123));
+        assert_eq!(tmp_owner("rm-c1-77-0"), Some(77));
+        assert_eq!(tmp_owner("nodash"), None);
+        assert_eq!(tmp_owner("a-b-c"), None);
     }
 
     #[test]

@@ -207,6 +207,35 @@ fn docker_save_and_oci_layers_and_defaults() {
 }
 
 #[test]
+fn verbose_import_reports_progress() {
+    let root = Root::new("imp-progress");
+    let big: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
+    let data = tar_of(&[E::File("big", &big)]);
+    let out = root
+        .cmd(&["--verbose", "import", "big", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut si) = c.stdin.take() {
+                use std::io::Write;
+                si.write_all(&data)?;
+            }
+            c.wait_with_output()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("import: read: 16 MiB"), "{err}");
+    assert!(err.contains("import: unpacked: 32 MiB"), "{err}");
+    // Without a terminal and without --verbose: quiet.
+    let out = root.import_bytes("big2", &data);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
 fn refuses_dot_dot_traversal() {
     let root = Root::new("imp-dotdot");
     let victim = format!("runbox-it-victim-{}", std::process::id());
@@ -245,6 +274,11 @@ fn refuses_writing_through_a_symlink() {
     // A hard link may not reach through a symlink either.
     let hard = tar_of(&[E::Link("x", &target), E::Hard("h", "x/secret")]);
     assert_refused(&root, "bad3", &hard, "symlink");
+    // A member over a symlink replaces the link; it never writes where the link points.
+    let over = tar_of(&[E::Link("y", &format!("{target}/f")), E::File("y", b"data")]);
+    root.import_ok("over", &over);
+    let y = root.layer("over", 0).join("y");
+    assert!(std::fs::symlink_metadata(&y).is_ok_and(|m| m.is_file()));
     let left: Vec<_> = std::fs::read_dir(&outside)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

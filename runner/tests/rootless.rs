@@ -133,6 +133,12 @@ fn rootless_kernel_run() {
     assert!(!out.status.success());
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cgroup"), "{err}");
+    let ps = as_user(&root, &["ps"], None);
+    assert_eq!(
+        text(&ps.stdout).lines().count(),
+        2,
+        "the failed run kept no container"
+    );
     let out = as_user(&root, &["rm", &name], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -339,6 +339,19 @@ fn signals(b: &str) {
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     wait_for_pid(&["sleep", &secs]);
+    let ps = ok(&root.run(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&name) && l.contains("running")),
+        "{ps}"
+    );
+    let out = root.run(&["rm", &name]);
+    assert!(!out.status.success(), "rm of a running container");
+    assert!(
+        text(&out.stderr).contains("running"),
+        "{}",
+        text(&out.stderr)
+    );
     let t = Instant::now();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -500,3 +513,30 @@ fn user_env_workdir(b: &str) {
     assert_eq!(s, "hi /bin 1000 1001 1001\n");
 }
 both!(user_env_workdir);
+
+fn net_host(b: &str) {
+    let Some(mut root) = start(&format!("nethost-{b}"), &[]) else {
+        return;
+    };
+    let name = root.name(&format!("nethost-{b}"));
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    let want = host.lines().filter(|l| l.contains(':')).count();
+    let s = ok(&run(
+        &root,
+        b,
+        &[
+            "--rm",
+            "--name",
+            &name,
+            "--net",
+            "host",
+            "bb",
+            "grep",
+            "-c",
+            ":",
+            "/proc/net/dev",
+        ],
+    ));
+    assert_eq!(s.trim(), want.to_string(), "the host's interfaces");
+}
+both!(net_host);

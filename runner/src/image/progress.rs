@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-const STEP: u64 = 64 << 20;
+const STEP: u64 = 16 << 20;
 
 pub struct Progress {
     enabled: bool,
