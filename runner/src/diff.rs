@@ -105,40 +105,28 @@ pub fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
     let comps: Vec<_> = rel.components().collect();
     for layer in lowers {
         let mut cur = layer.clone();
-        let mut hidden_below = false;
-        let mut stop = false;
+        // Whether this layer hides `rel` from the layers under it.
+        let mut hides = false;
         for (i, c) in comps.iter().enumerate() {
             let wh = cur.join(format!("{WH_PREFIX}{}", c.as_os_str().to_string_lossy()));
             let next = cur.join(c);
             if wh.exists() || is_whiteout(&next) {
-                hidden_below = true;
-                stop = true;
+                hides = true;
                 break;
             }
             match fs::symlink_metadata(&next) {
-                Err(_) => {
-                    stop = true;
-                    break;
-                }
-                Ok(md) if i + 1 == comps.len() => {
-                    let _ = md;
-                    return true;
-                }
+                Err(_) => break,
+                Ok(_) if i + 1 == comps.len() => return true,
                 Ok(md) if !md.is_dir() => {
                     // A non-directory hides the whole subtree below it.
-                    hidden_below = true;
-                    stop = true;
+                    hides = true;
                     break;
                 }
-                Ok(_) => {
-                    if is_opaque(&next) {
-                        hidden_below = true;
-                    }
-                }
+                Ok(_) => hides |= is_opaque(&next),
             }
             cur = next;
         }
-        if hidden_below || (!stop && comps.is_empty()) {
+        if hides || comps.is_empty() {
             return false;
         }
     }

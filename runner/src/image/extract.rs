@@ -212,12 +212,8 @@ impl Extractor<'_> {
                     .ok_or_else(|| Error::refused(format!("symlink {what} has no target")))?
                     .into_owned();
                 self.remove(&dir, name, &what)?;
-                symlinkat(
-                    OsStr::from_encoded_bytes_checked(&target)?,
-                    &dir,
-                    name.as_os_str(),
-                )
-                .map_err(|err| Error::io(format!("create symlink {what}"), err.into()))?;
+                symlinkat(os_name(&target)?, &dir, name.as_os_str())
+                    .map_err(|err| Error::io(format!("create symlink {what}"), err.into()))?;
                 if self.is_root {
                     fchownat(
                         &dir,
@@ -454,26 +450,17 @@ fn xattrs_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u8>)>>
     for ext in exts {
         let ext = ext.map_err(|err| Error::refused(format!("bad pax header: {err}")))?;
         if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-            out.push((
-                OsStr::from_encoded_bytes_checked(name)?.to_os_string(),
-                ext.value_bytes().to_vec(),
-            ));
+            out.push((os_name(name)?.to_os_string(), ext.value_bytes().to_vec()));
         }
     }
     Ok(out)
 }
 
-/// Bytes to an OsStr (any bytes are a valid Unix name, except NUL, refused earlier).
-trait FromBytes {
-    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&OsStr>;
-}
-
-impl FromBytes for OsStr {
-    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&OsStr> {
-        use std::os::unix::ffi::OsStrExt;
-        if b.contains(&0) {
-            return Err(Error::refused("a name holds a NUL byte"));
-        }
-        Ok(OsStr::from_bytes(b))
+/// Bytes to a name (any bytes are a valid Unix name, except NUL, refused here).
+fn os_name(b: &[u8]) -> Result<&OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    if b.contains(&0) {
+        return Err(Error::refused("a name holds a NUL byte"));
     }
+    Ok(OsStr::from_bytes(b))
 }
