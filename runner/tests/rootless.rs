@@ -142,3 +142,67 @@ fn rootless_kernel_run() {
     let out = as_user(&root, &["rm", &name], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// FUSE without privileges: unionfs mounts through fusermount3. This machine's /dev/fuse is
+/// 0600, so (as unionfs's own unprivileged test does) the run happens in a private mount
+/// namespace where a 0666 node for the FUSE device is bound over /dev/fuse; nothing outside
+/// that namespace changes, and its mounts end with it.
+#[test]
+fn rootless_fuse_run() {
+    if !need_root("rootless_fuse_run (root creates the test user and the private /dev/fuse)") {
+        return;
+    }
+    let (uid, gid) = user_ids();
+    let mut root = Root::new("rootless-fuse");
+    let name = root.name("rootless-fuse");
+    let node = root.path.join("fuse-node");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        libc::makedev(10, 229),
+    )
+    .unwrap_or_else(|e| panic!("mknod: {e}"));
+    // mknod applied the umask.
+    std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = root.path.join("store");
+    std::fs::create_dir(&store).unwrap_or_else(|e| panic!("{e}"));
+    nix::unistd::chown(
+        &store,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tarball = root.path.join("bb.tar");
+    std::fs::write(
+        &tarball,
+        busybox_tar(&[E::Dir("etc"), E::File("etc/motd", b"image\n")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "set -e; mount --bind {node} /dev/fuse; \
+         exec setpriv --reuid {uid} --regid {gid} --clear-groups \
+         env -i PATH=/usr/bin:/bin HOME={store} RUNBOX_UNIONFS={unionfs} sh -c '\
+           {runbox} --root {store} import bb {tarball}; \
+           {runbox} --root {store} run --verbose --name {name} bb sh -c \"echo \\$\\$; id -u; cat /etc/motd; rm /etc/motd; echo n > /new\"; \
+           {runbox} --root {store} diff {name}'",
+        node = node.display(),
+        store = store.display(),
+        unionfs = unionfs().display(),
+        runbox = runbox().display(),
+        tarball = tarball.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("unshare (util-linux): {e}"));
+    let s = text(&out.stdout);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(s, "1\n0\nimage\nC /etc\nD /etc/motd\nA /new\n", "{err}");
+    assert!(err.contains("backend: unionfs (FUSE)"), "{err}");
+    let up = store.join(format!("containers/{name}/upper"));
+    assert_eq!(up.join("new").metadata().map(|m| m.uid()).ok(), Some(uid));
+}
