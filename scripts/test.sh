@@ -17,8 +17,9 @@ for layout in tmpfs2 ext4-tmpfs split-lowers; do
     DIFFTEST_LAYOUT=$layout DIFFTEST_UNIONFS_OPTS=$opts cargo test -p difftests -- --test-threads=4
   done
 done
-# The tests mount only under these scratch prefixes (difftests, the daemon's own tests).
-left=$(grep -E ' - (fuse[^ ]*|overlay|tmpfs) ' /proc/self/mountinfo | grep -E ' /tmp/(dt-|unionfs-it-)' || true)
+# The tests mount only under these scratch prefixes (difftests, the daemon's own tests,
+# runbox's containers).
+left=$(grep -E ' - (fuse[^ ]*|overlay|tmpfs) ' /proc/self/mountinfo | grep -E ' /tmp/(dt-|unionfs-it-|runbox-it-)' || true)
 if [ -n "$left" ]; then
   echo "mounts left behind by the tests:"; echo "$left"; exit 1
 fi

@@ -1,0 +1,254 @@
+//! The union under a container's root: unionfs over FUSE (spawned from the binary beside
+//! runbox) or the kernel's overlay; `auto` picks one and can say why. Mounts are undone by
+//! a guard, so an error or a signal in the middle of a run still unmounts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{access, AccessFlags};
+
+use crate::cli::BackendArg;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Fuse,
+    Kernel,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Fuse => "fuse",
+            Backend::Kernel => "kernel",
+        }
+    }
+}
+
+/// The unionfs daemon: `$RUNBOX_UNIONFS`, else `unionfs` in runbox's own directory. Never
+/// looked up in PATH (another program called unionfs exists).
+pub fn unionfs_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RUNBOX_UNIONFS").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("find runbox's own path", e))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| Error::usage("runbox's own path has no directory"))?;
+    Ok(dir.join("unionfs"))
+}
+
+const FUSERMOUNT: [&str; 2] = ["/usr/bin/fusermount3", "/bin/fusermount3"];
+
+/// Facts `auto` decides on, gathered separately so the decision is a pure function.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub dev_fuse_rw: bool,
+    pub fusermount: bool,
+    pub unionfs: Option<PathBuf>,
+    pub is_root: bool,
+}
+
+impl Probe {
+    pub fn gather() -> Probe {
+        let unionfs = unionfs_binary()
+            .ok()
+            .filter(|p| access(p.as_path(), AccessFlags::X_OK).is_ok());
+        Probe {
+            dev_fuse_rw: access("/dev/fuse", AccessFlags::R_OK | AccessFlags::W_OK).is_ok(),
+            fusermount: FUSERMOUNT.iter().any(|p| Path::new(p).exists()),
+            unionfs,
+            is_root: nix::unistd::geteuid().is_root(),
+        }
+    }
+}
+
+/// Picks the backend and the one-line reason `--verbose` prints.
+pub fn choose(arg: BackendArg, probe: &Probe) -> Result<(Backend, String)> {
+    let fuse_problem = if probe.unionfs.is_none() {
+        Some(format!(
+            "the unionfs binary was not found ({})",
+            unionfs_binary()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ))
+    } else if !probe.dev_fuse_rw {
+        Some("/dev/fuse is not accessible".to_string())
+    } else if !probe.is_root && !probe.fusermount {
+        Some("fusermount3 is missing".to_string())
+    } else {
+        None
+    };
+    match (arg, fuse_problem) {
+        (BackendArg::Kernel, _) => Ok((Backend::Kernel, "kernel overlay, as asked".into())),
+        (BackendArg::Fuse, None) => Ok((Backend::Fuse, "unionfs (FUSE), as asked".into())),
+        (BackendArg::Fuse, Some(why)) => {
+            Err(Error::usage(format!("cannot use --backend fuse: {why}")))
+        }
+        (BackendArg::Auto, None) => {
+            Ok((Backend::Fuse, "unionfs (FUSE): /dev/fuse is usable".into()))
+        }
+        (BackendArg::Auto, Some(why)) => Ok((
+            Backend::Kernel,
+            format!("kernel overlay: {why}, so FUSE cannot be used"),
+        )),
+    }
+}
+
+/// A mounted union; unmounted on drop (lazily if it is still busy).
+pub struct Mounted {
+    path: Option<PathBuf>,
+}
+
+impl Mounted {
+    /// Nothing mounted on the host side (rootless kernel: the mount lives and dies in the
+    /// container's namespaces).
+    pub fn none() -> Mounted {
+        Mounted { path: None }
+    }
+
+    /// Whatever is mounted at `p`, to be unmounted.
+    pub fn at(p: &Path) -> Mounted {
+        Mounted {
+            path: Some(p.to_path_buf()),
+        }
+    }
+
+    pub fn unmount(&mut self) -> Result<()> {
+        let Some(p) = self.path.take() else {
+            return Ok(());
+        };
+        if umount2(&p, MntFlags::empty()).is_ok() {
+            return Ok(());
+        }
+        if !nix::unistd::geteuid().is_root() {
+            // A user's FUSE mount: only fusermount3 may undo it (lazily as a last resort).
+            for args in [["-u"], ["-uz"]] {
+                let st = FUSERMOUNT.iter().find(|f| Path::new(f).exists()).map(|f| {
+                    Command::new(f)
+                        .args(args)
+                        .arg(&p)
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                });
+                if matches!(st, Some(Ok(s)) if s.success()) {
+                    return Ok(());
+                }
+            }
+        }
+        umount2(&p, MntFlags::MNT_DETACH).map_err(|e| Error::path("unmount", &p, e.into()))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
+
+fn check_opt_path(p: &Path) -> Result<String> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| Error::usage(format!("path {} is not UTF-8", p.display())))?;
+    if s.contains([',', ':', '\0']) {
+        return Err(Error::usage(format!(
+            "path {s} holds ',' or ':' and cannot be passed in mount options"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// `lowerdir=..,upperdir=..,workdir=..`, the same string for both backends.
+pub fn options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
+    let l = lowers
+        .iter()
+        .map(|p| check_opt_path(p))
+        .collect::<Result<Vec<_>>>()?
+        .join(":");
+    Ok(format!(
+        "lowerdir={l},upperdir={},workdir={}",
+        check_opt_path(upper)?,
+        check_opt_path(work)?
+    ))
+}
+
+pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path) -> Result<Mounted> {
+    let out = Command::new(unionfs)
+        .arg("-o")
+        .arg(opts)
+        .arg(merged)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::path("start", unionfs, e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().last().unwrap_or("").trim();
+        return Err(Error::usage(format!(
+            "unionfs failed to mount {} ({}): {line}",
+            merged.display(),
+            out.status
+        )));
+    }
+    Ok(Mounted {
+        path: Some(merged.to_path_buf()),
+    })
+}
+
+pub fn mount_kernel(opts: &str, merged: &Path) -> Result<Mounted> {
+    mount(
+        Some("overlay"),
+        merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts),
+    )
+    .map_err(|e| Error::path("mount overlay on", merged, e.into()))?;
+    Ok(Mounted {
+        path: Some(merged.to_path_buf()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(fuse: bool) -> Probe {
+        Probe {
+            dev_fuse_rw: fuse,
+            fusermount: true,
+            unionfs: Some(PathBuf::from("/x/unionfs")),
+            is_root: false,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_fuse() {
+        let (b, _) = choose(BackendArg::Auto, &probe(true)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b, Backend::Fuse);
+        let (b, why) = choose(BackendArg::Auto, &probe(false)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b, Backend::Kernel);
+        assert!(why.contains("/dev/fuse"), "{why}");
+        assert!(choose(BackendArg::Fuse, &probe(false)).is_err());
+        let mut p = probe(true);
+        p.fusermount = false;
+        assert_eq!(
+            choose(BackendArg::Auto, &p).map(|r| r.0).ok(),
+            Some(Backend::Kernel)
+        );
+    }
+
+    #[test]
+    fn option_string() {
+        let o = options(
+            &[PathBuf::from("/a"), PathBuf::from("/b")],
+            Path::new("/u"),
+            Path::new("/w"),
+        );
+        assert_eq!(
+            o.ok().as_deref(),
+            Some("lowerdir=/a:/b,upperdir=/u,workdir=/w")
+        );
+        assert!(options(&[PathBuf::from("/a:b")], Path::new("/u"), Path::new("/w")).is_err());
+    }
+}
