@@ -37,24 +37,6 @@ pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Reads an xattr of `path` itself; `None` when it is not set.
-pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = cpath(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: strings are NUL-terminated; buf has buf.len() writable bytes.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(r as usize);
-    Ok(Some(buf))
-}
-
 /// Brings an interface up, as `ip link set lo up` does, with SIOCGIFFLAGS/SIOCSIFFLAGS.
 pub fn interface_up(name: &CStr) -> io::Result<()> {
     use std::os::fd::AsRawFd;

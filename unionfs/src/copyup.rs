@@ -70,7 +70,10 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     let parent = fs.inode(parent_ino)?;
     // Parents first. Lock order: a node's copy-up lock is never held while waiting for a
     // child's, so the recursion cannot deadlock.
-    let pupper = ensure_upper(fs, &parent, Data::Copy)?;
+    let pupper = {
+        let _c = crate::trace::because(crate::trace::Cause::Parent);
+        ensure_upper(fs, &parent, Data::Copy)?
+    };
     let _guard = inode.copyup.lock();
     let (name, src) = {
         let st = inode.state.read();
@@ -90,7 +93,11 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             st.lowers.first().cloned().ok_or(Errno::EIO)?,
         )
     };
+    let timer = crate::trace::Timer::start();
     let upper = copy_up_one(fs, &src, &pupper, &name, data)?;
+    if crate::trace::on() {
+        trace_copy_up(fs, inode, &src, data, &timer);
+    }
     mark_impure(fs, &parent, &pupper)?;
     let aliases = {
         let mut st = inode.state.write();
@@ -103,6 +110,22 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     // look them up again and get a node of their own.
     crate::union::defer_invalidations(aliases);
     Ok(upper)
+}
+
+/// `event=copy-up path=/etc/motd type=file from=lower0 bytes=24 us=812 cause=open-write`.
+fn trace_copy_up(fs: &UnionFs, inode: &Inode, src: &Real, data: Data, timer: &crate::trace::Timer) {
+    let bytes = match (inode.kind, data) {
+        (libc::S_IFREG, Data::Copy) => src.stat().map_or(0, |s| s.st_size),
+        _ => 0,
+    };
+    crate::trace::emit(&format!(
+        "event=copy-up path={} type={} from={} bytes={bytes} us={} cause={}",
+        crate::trace::path_of(fs, inode),
+        crate::trace::kind_name(inode.kind),
+        crate::trace::layer_name(src.layer),
+        timer.micros(),
+        crate::trace::cause().as_str()
+    ));
 }
 
 /// Marks an upper directory as holding entries with an origin, as the kernel does.

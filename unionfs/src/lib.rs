@@ -5,8 +5,10 @@
 
 pub mod acl;
 pub mod copyup;
+pub mod diff;
 pub mod dirfd;
 pub mod errno;
+pub mod explain;
 pub mod fs;
 pub mod handle;
 pub mod inode;
@@ -17,8 +19,11 @@ pub mod offload;
 pub mod ops;
 pub mod options;
 pub mod origin;
+pub mod picture;
 pub mod readdir;
 pub mod sys;
+pub mod teach;
 pub mod testhook;
+pub mod trace;
 pub mod union;
 pub mod whiteout;

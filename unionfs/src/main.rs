@@ -31,6 +31,11 @@ static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // `unionfs explain ...` and `unionfs diff ...`: a mount point cannot be called so without
+    // a path separator, so the mount command line keeps its meaning.
+    if let Some(code) = unionfs::teach::subcommand(&args) {
+        return ExitCode::from(code);
+    }
     let opts = match options::parse_args(args) {
         Ok(ParseOutcome::Run(o)) => o,
         Ok(ParseOutcome::Exit(text, code)) => {
@@ -59,6 +64,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = start_trace(&opts) {
+        eprintln!("unionfs: {e}");
+        return ExitCode::from(1);
+    }
     // Fork before any thread exists.
     let readiness = if opts.foreground {
         None
@@ -223,6 +232,34 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }
     }
     result.map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// Opens the trace file (before the daemon detaches: a relative name means the caller's
+/// directory) and turns the tracer on.
+fn start_trace(opts: &Options) -> Result<(), String> {
+    if opts.trace == unionfs::trace::Level::Off {
+        return Ok(());
+    }
+    let file = match &opts.trace_file {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .map_err(|e| format!("cannot open the trace file {}: {e}", p.display()))?,
+        ),
+        None => {
+            if !opts.foreground {
+                eprintln!(
+                    "unionfs: warning: trace goes to stderr, which the daemon closes once \
+                     mounted: use -f or trace=FILE"
+                );
+            }
+            None
+        }
+    };
+    unionfs::trace::start(opts.trace, file);
+    Ok(())
 }
 
 fn stop_signals() -> nix::sys::signal::SigSet {

@@ -161,6 +161,9 @@ pub struct Options {
     pub read_only: bool,
     /// Non-fatal complaints, e.g. "unknown option 'foo' ignored"; print as `unionfs: warning: {w}`.
     pub warnings: Vec<String>,
+    /// `trace[=FILE]`: what to trace (`Off` without it) and where (None: stderr).
+    pub trace: crate::trace::Level,
+    pub trace_file: Option<PathBuf>,
 }
 
 /// What `parse_args` decided.
@@ -211,6 +214,15 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          an fd opened read-only before a copy-up keeps reading the lower file,
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
+  trace[=FILE]           Write one line per union event as it happens: copy-up (path, layer,
+                         bytes, microseconds, cause), whiteout made or removed, directory made
+                         opaque, rename refused with EXDEV. Lines are key=value, e.g.
+                           event=copy-up path=/etc/motd type=file from=lower0 bytes=24 us=812 cause=open-write
+                         FILE is appended to; without it, stderr (seen with -f only).
+  trace_level=events|lookup
+                         With trace: lookup also writes every lookup and the layer that
+                         answered it (event=lookup path=/etc shown=upper type=dir
+                         layers=upper,lower0). Default: events.
   noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).
   xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
@@ -223,7 +235,14 @@ Mount options passed to the kernel:
   allow_other, allow_root, default_permissions, ro, rw, nodev, dev, nosuid, suid, noexec, exec,
   noatime, atime, sync, async, dirsync
 Any other option is ignored with a warning. Giving the same option twice is an error
-(repeated kernel mount options are allowed; the last of ro/rw wins).";
+(repeated kernel mount options are allowed; the last of ro/rw wins).
+
+Learning what the union does (docs/walkthrough.md walks through all three):
+  -o trace[=FILE]        one line per copy-up, whiteout, opaque directory, EXDEV (above)
+  unionfs explain PATH   each layer's entry for PATH and the rule that decides what shows;
+                         --svg draws a directory (unionfs explain --help)
+  unionfs diff           the upper layer's changes, as docker diff (unionfs diff --help)
+A mount point named 'explain' or 'diff' must be written with a slash (./explain).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -231,7 +250,9 @@ Any other option is ignored with a warning. Giving the same option twice is an e
     bin_name = "unionfs",
     version,
     about = "Union filesystem over FUSE, with the semantics and on-disk format of kernel overlayfs.",
-    override_usage = "unionfs [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT",
+    override_usage = "unionfs [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT\n       \
+                      unionfs explain [-o lowerdir=..,upperdir=..] [--svg] PATH\n       \
+                      unionfs diff [-o lowerdir=..,upperdir=..] [--json] [MOUNTPOINT]",
     after_help = OPTIONS_HELP
 )]
 struct Cli {
@@ -298,7 +319,7 @@ fn clap_message(e: &clap::Error) -> String {
 
 /// Splits an `-o` string on commas. `\,` becomes a literal comma; any other backslash pair is
 /// kept verbatim so that the value parser below can still see `\\` and `\:`.
-fn split_opt_list(s: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_opt_list(s: &[u8]) -> Vec<Vec<u8>> {
     let mut items = Vec::new();
     let mut cur = Vec::new();
     let mut i = 0;
@@ -323,7 +344,11 @@ fn split_opt_list(s: &[u8]) -> Vec<Vec<u8>> {
 
 /// Splits a value on unescaped `sep` (None: no splitting) and removes the backslash escapes,
 /// like the kernel does for overlay paths (a backslash quotes the next byte).
-fn unescape_split(key: &str, v: &[u8], sep: Option<u8>) -> Result<Vec<PathBuf>, OptionsError> {
+pub(crate) fn unescape_split(
+    key: &str,
+    v: &[u8],
+    sep: Option<u8>,
+) -> Result<Vec<PathBuf>, OptionsError> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut i = 0;
@@ -373,6 +398,9 @@ struct Builder {
     squash_to_root: bool,
     kernel_opts: Vec<KernelOpt>,
     warnings: Vec<String>,
+    trace: bool,
+    trace_file: Option<PathBuf>,
+    trace_level: Option<crate::trace::Level>,
 }
 
 impl Builder {
@@ -492,6 +520,26 @@ impl Builder {
                     }
                 };
             }
+            b"trace" => {
+                self.once("trace", "trace")?;
+                self.trace = true;
+                if let Some(v) = value {
+                    self.trace_file = unescape_split("trace", v, None)?.pop();
+                }
+            }
+            b"trace_level" => {
+                self.once("trace_level", "trace_level")?;
+                let v = value_of("trace_level")?;
+                match crate::trace::Level::parse(v) {
+                    Some(l) => self.trace_level = Some(l),
+                    None => {
+                        return err(format!(
+                            "invalid value '{}' for trace_level (expected events or lookup)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                }
+            }
             b"threads" => {
                 self.once("threads", "threads")?;
                 let v = value_of("threads")?;
@@ -585,6 +633,9 @@ impl Builder {
         {
             return err("options 'allow_other' and 'allow_root' are mutually exclusive");
         }
+        if self.trace_level.is_some() && !self.trace {
+            return err("trace_level given without trace");
+        }
         let last_ro_rw = self
             .kernel_opts
             .iter()
@@ -616,6 +667,11 @@ impl Builder {
             kernel_opts: self.kernel_opts,
             read_only,
             warnings: self.warnings,
+            trace: match (self.trace, self.trace_level) {
+                (false, _) => crate::trace::Level::Off,
+                (true, l) => l.unwrap_or(crate::trace::Level::Events),
+            },
+            trace_file: self.trace_file,
         })
     }
 }

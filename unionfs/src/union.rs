@@ -323,6 +323,9 @@ impl UnionFs {
             let pst = p.state.read();
             crate::lookup::resolve(&self.layers, &pst, name)?
         };
+        if crate::trace::lookups_on() {
+            crate::trace::lookup(self, &p, name, found.as_ref());
+        }
         let found = found.ok_or(Errno::ENOENT)?;
         if found.fix_origin && !self.layers.read_only() {
             self.fix_origin(&p, &found);

@@ -89,6 +89,15 @@ impl UnionFs {
         } else {
             Data::Copy
         };
+        let _c = crate::trace::because(if a.size.is_some() {
+            crate::trace::Cause::Truncate
+        } else if a.mode.is_some() {
+            crate::trace::Cause::Chmod
+        } else if a.uid.is_some() || a.gid.is_some() {
+            crate::trace::Cause::Chown
+        } else {
+            crate::trace::Cause::Utimes
+        });
         let upper = ensure_upper(self, &inode, data)?;
         if a.is_empty() {
             self.kill_setid(&upper, &a.caller, Cause::Signalled)?;

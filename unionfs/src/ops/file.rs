@@ -163,6 +163,11 @@ impl UnionFs {
             } else {
                 Data::Copy
             };
+            let _c = crate::trace::because(if data == Data::Skip {
+                crate::trace::Cause::Truncate
+            } else {
+                crate::trace::Cause::OpenWrite
+            });
             ensure_upper(self, &inode, data)?
         } else {
             inode.state.read().real().cloned().ok_or(Errno::ESTALE)?

@@ -20,7 +20,7 @@ use crate::layer::{clean_dir, fstat_fd};
 use crate::ops::fileattr::Change;
 use crate::ops::{lower_positive, Held};
 use crate::union::{Attr, Ctx, UnionFs};
-use crate::whiteout;
+use crate::{trace, whiteout};
 
 /// What to create.
 pub enum NewObj<'a> {
@@ -180,7 +180,10 @@ impl UnionFs {
         }
         let p = self.parent_dir(parent)?;
         self.check(&p, Change::AddEntry)?;
-        let pu = ensure_upper(self, &p, Data::Copy)?;
+        let pu = {
+            let _c = trace::because(trace::Cause::CreateInLowerDir);
+            ensure_upper(self, &p, Data::Copy)?
+        };
         let pdir_fd = pu.dir()?;
         let pmode = fstat_fd(pdir_fd.as_fd())?.st_mode;
         let setgid = pmode & libc::S_ISGID != 0;
@@ -197,13 +200,21 @@ impl UnionFs {
                 // allowed to fail: so here too).
                 if obj.is_dir() && self.config.xino_on && !p.state.read().lowers.is_empty() {
                     if let Ok(x) = real.xpath() {
-                        let _ = crate::sys::fsops::setxattr(&x, self.layers.ns.opaque(), b"y", 0);
+                        if crate::sys::fsops::setxattr(&x, self.layers.ns.opaque(), b"y", 0).is_ok()
+                        {
+                            trace::opaque(self, &p, name, "mkdir-xino-on");
+                        }
                     }
                 }
                 (real, file)
             }
             Err(Errno(libc::EEXIST)) if is_upper_whiteout(pdir_fd.as_fd(), name) => {
-                self.create_over_whiteout(ctx, &pu, name, &obj, setgid)?
+                let made = self.create_over_whiteout(ctx, &pu, name, &obj, setgid)?;
+                trace::whiteout_removed(self, &p, name, "create");
+                if obj.is_dir() {
+                    trace::opaque(self, &p, name, "mkdir-over-whiteout");
+                }
+                made
             }
             Err(e) => return Err(e),
         };
@@ -294,8 +305,14 @@ impl UnionFs {
         let p = self.parent_dir(newparent)?;
         self.check(&src, Change::Unlink)?;
         self.check(&p, Change::AddEntry)?;
-        let su = ensure_upper(self, &src, Data::Copy)?;
-        let pu = ensure_upper(self, &p, Data::Copy)?;
+        let su = {
+            let _c = trace::because(trace::Cause::Link);
+            ensure_upper(self, &src, Data::Copy)?
+        };
+        let pu = {
+            let _c = trace::because(trace::Cause::CreateInLowerDir);
+            ensure_upper(self, &p, Data::Copy)?
+        };
         let pdir_fd = pu.dir()?;
         let pdir = pdir_fd.as_fd();
         match su.link_to(pdir, newname) {
@@ -316,6 +333,7 @@ impl UnionFs {
                     crate::copyup::remove_tmp(work, &tmp);
                 }
                 r?;
+                trace::whiteout_removed(self, &p, newname, "link");
             }
             Err(e) => return Err(e),
         }
@@ -360,7 +378,10 @@ impl UnionFs {
         if dir && !crate::readdir::is_empty(&self.layers, &node.state.read())? {
             return Err(Errno::ENOTEMPTY);
         }
-        let pu = ensure_upper(self, &p, Data::Copy)?;
+        let pu = {
+            let _c = trace::because(trace::Cause::RemoveInLowerDir);
+            ensure_upper(self, &p, Data::Copy)?
+        };
         // No copy-up of the node while its name goes (one that ran first is seen below;
         // one that comes after sees `unlinked`), and no request on it reads a location
         // that is being removed: both wait for the locks.
@@ -395,6 +416,9 @@ impl UnionFs {
                 }
                 remove_real(work, &tmp, dir)?;
             }
+        }
+        if needs_whiteout {
+            trace::whiteout(self, &p, name, if dir { "rmdir" } else { "unlink" });
         }
         crate::testhook::pause("unlink");
         let still_linked = !dir
@@ -457,10 +481,12 @@ impl UnionFs {
         // `mv` copy it instead. The kernel's overlay says so before it looks at the target.
         let has_lower = |n: &Inode| !n.state.read().lowers.is_empty();
         if src.node.is_dir() && has_lower(&src.node) {
+            trace::exdev(self, &src.node, (&np, newname), "dir-with-lower-content");
             return Err(Errno::EXDEV);
         }
         if let Some(d) = &dst {
             if exchange && d.node.is_dir() && has_lower(&d.node) {
+                trace::exdev(self, &d.node, (&p, name), "dir-with-lower-content");
                 return Err(Errno::EXDEV);
             }
             if !exchange
@@ -472,6 +498,7 @@ impl UnionFs {
         }
         let src_had_lower = has_lower(&src.node);
         let src_had_upper = src.node.state.read().upper.is_some();
+        let _c = trace::because(trace::Cause::Rename);
         let su = ensure_upper(self, &src.node, Data::Copy)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let npu = ensure_upper(self, &np, Data::Copy)?;
@@ -491,12 +518,14 @@ impl UnionFs {
             && !crate::whiteout::has_opaque_xattr(&su.xpath()?, ns)
         {
             crate::sys::fsops::setxattr(&su.xpath()?, ns.opaque(), b"y", 0)?;
+            trace::opaque(self, &np, newname, "rename-into-merged-dir");
         }
         if let (true, Some(d)) = (exchange, &dst) {
             let du = d.node.state.read().upper.clone();
             if let (true, Some(du)) = (d.node.is_dir(), du) {
                 if has_lower(&p) && !crate::whiteout::has_opaque_xattr(&du.xpath()?, ns) {
                     crate::sys::fsops::setxattr(&du.xpath()?, ns.opaque(), b"y", 0)?;
+                    trace::opaque(self, &p, name, "rename-into-merged-dir");
                 }
             }
         }
@@ -552,6 +581,7 @@ impl UnionFs {
             // A directory cannot replace a whiteout (a non-directory) by rename: swap
             // them; the whiteout then sits at the old name, where it stays if needed.
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::RENAME_EXCHANGE)?;
+            trace::whiteout_removed(self, &np, newname, "rename");
             if !src_whiteout {
                 nix::unistd::unlinkat(od, name, UnlinkatFlags::NoRemoveDir)?;
             }
@@ -567,6 +597,9 @@ impl UnionFs {
             }
         } else {
             nix::fcntl::renameat2(od, name, nd, newname, RenameFlags::empty())?;
+        }
+        if src_whiteout {
+            trace::whiteout(self, &p, name, "rename");
         }
         crate::testhook::pause("rename");
         move_node(&mut sst, newparent, newname, npu.dir_ref()?);

@@ -71,6 +71,7 @@ impl UnionFs {
         self.check_writable()?;
         let inode = self.inode(ino)?;
         self.check(&inode, Change::Attr)?;
+        let _c = crate::trace::because(crate::trace::Cause::Setxattr);
         let upper = ensure_upper(self, &inode, Data::Copy)?;
         let rname = self.real_xattr_name(name);
         crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
@@ -98,6 +99,7 @@ impl UnionFs {
                 return Err(Errno::ENODATA);
             }
         }
+        let _c = crate::trace::because(crate::trace::Cause::Removexattr);
         let upper = ensure_upper(self, &inode, Data::Copy)?;
         crate::sys::fsops::removexattr(&upper.xpath()?, &rname)?;
         Ok(())
