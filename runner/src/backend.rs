@@ -159,6 +159,17 @@ fn check_opt_path(p: &Path) -> Result<String> {
     Ok(s.to_string())
 }
 
+/// `,trace=FILE` for unionfs: FILE made absolute; an empty FILE means runbox's own stderr
+/// (the daemon closes its stderr once mounted, so it opens ours by name).
+pub fn trace_option(file: &str) -> Result<String> {
+    let path = if file.is_empty() {
+        PathBuf::from(format!("/proc/{}/fd/2", std::process::id()))
+    } else {
+        std::path::absolute(file).map_err(|e| Error::path("resolve", Path::new(file), e))?
+    };
+    Ok(format!(",trace={}", check_opt_path(&path)?))
+}
+
 /// `lowerdir=..,upperdir=..,workdir=..`, the same string for both backends.
 pub fn options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
     let l = lowers

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// Run as UID[:GID] (numeric) [default: the image's User, or 0:0]
     #[arg(long, short = 'u', value_name = "UID[:GID]")]
     pub user: Option<String>,
+    /// Trace what the union does (copy-ups, whiteouts, ...; `unionfs -o trace`), to FILE
+    /// (appended) or, as `--trace` alone, to runbox's stderr. The fuse backend only
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub trace: Option<String>,
     pub image: String,
     /// The command and its arguments [default: the image's Entrypoint and Cmd]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -208,6 +208,14 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
         Backend::Kernel => lowers.extend(kernel_lowers(store, &args.image, &cfg, rootless)?),
     }
     let mut opts = backend::options(&lowers, &upper, &work)?;
+    if let Some(t) = &args.trace {
+        if backend != Backend::Fuse {
+            return Err(Error::usage(
+                "--trace needs the fuse backend (the kernel's overlay has no trace): add --backend fuse",
+            ));
+        }
+        opts.push_str(&backend::trace_option(t)?);
+    }
     if rootless && backend == Backend::Kernel {
         opts.push_str(",userxattr");
         etc.overlay = Some(opts.clone());

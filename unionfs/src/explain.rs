@@ -392,6 +392,11 @@ impl LayerSet {
                         let hidden = below();
                         rule = Some(if hidden.is_empty() {
                             merge_rule(&dirs, None)
+                        } else if dirs.len() == 1 {
+                            format!(
+                                "opaque directory in {} stops the merge ({hidden} hidden)",
+                                id.name()
+                            )
                         } else {
                             merge_rule(
                                 &dirs,

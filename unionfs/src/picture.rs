@@ -35,7 +35,7 @@ pub fn draw(set: &LayerSet, here: &Explanation, rows: &[Explanation]) -> String 
     }
     let ncols = cols.len() + 1;
     let width = LEFT * 2.0 + COL_W * ncols as f64;
-    let height = TOP + ROW_H * rows.len().max(1) as f64 + 70.0;
+    let height = TOP + ROW_H * rows.len().max(1) as f64 + 84.0;
     let x_of = |i: usize| LEFT + COL_W * i as f64;
     let mut o = String::new();
     let _ = writeln!(
@@ -99,7 +99,9 @@ pub fn draw(set: &LayerSet, here: &Explanation, rows: &[Explanation]) -> String 
                 ),
                 Entry::Dir { opaque: true, .. } => ("opaque", format!("{name}/  opaque"), "none"),
                 Entry::Dir { .. } => ("dir", format!("{name}/"), "none"),
-                Entry::NonDir { origin: true, .. } => ("copied-up", name.to_string(), "none"),
+                Entry::NonDir {
+                    origin: true, size, ..
+                } => ("copied-up", format!("{name}  {size} B  (copy-up)"), "none"),
                 Entry::NonDir { kind, size, .. } => {
                     if *kind == "file" {
                         ("file", format!("{name}  {size} B"), "none")
@@ -143,7 +145,7 @@ pub fn draw(set: &LayerSet, here: &Explanation, rows: &[Explanation]) -> String 
                     r##"<line class="strike" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#c0392b" stroke-width="1.5"/>"##,
                     x_of(i) + 14.0,
                     y + 17.5,
-                    x_of(i) + 14.0 + 8.0 * text.chars().count() as f64,
+                    x_of(i) + 16.0 + 7.0 * text.chars().count() as f64,
                     y + 17.5
                 );
             }
@@ -211,7 +213,12 @@ pub fn draw(set: &LayerSet, here: &Explanation, rows: &[Explanation]) -> String 
     let legend_y = TOP + ROW_H * rows.len().max(1) as f64 + 36.0;
     let _ = writeln!(
         o,
-        r##"<text x="{LEFT}" y="{legend_y}" font-size="11" fill="#444">bold: the object the merged view shows · red, struck through: whiteout · bar: opaque directory · grey: not reached by the merge · dashed line: copy-up of the lower original</text>"##
+        r##"<text x="{LEFT}" y="{legend_y}" font-size="11" fill="#444">bold: the object the merged view shows · red, struck through: whiteout · bar: opaque directory</text>"##
+    );
+    let _ = writeln!(
+        o,
+        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#444">grey: not reached by the merge rule · dashed line: an upper copy and the lower object it replaces</text>"##,
+        legend_y + 16.0
     );
     o.push_str("</svg>\n");
     o

@@ -319,9 +319,42 @@ pub fn overlay_layers(super_opts: &str) -> Result<LayerSet, String> {
     Ok(set)
 }
 
+/// `path` made absolute without symlinks, for the longest part of it that exists (a name
+/// the union does not show, e.g. one a whiteout hides, can still be explained). The last
+/// component is not followed: explain speaks of the name itself, as `lstat` does.
+fn canonical_prefix(path: &Path) -> Result<PathBuf, String> {
+    let abs = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut missing: Vec<std::ffi::OsString> = Vec::new();
+    let mut cur = abs.clone();
+    if let Some(n) = cur.file_name() {
+        missing.push(n.to_os_string());
+        cur.pop();
+    }
+    loop {
+        match fs::canonicalize(&cur) {
+            Ok(mut c) => {
+                for n in missing.iter().rev() {
+                    if n == ".." {
+                        return Err(format!("{}: '..' after a missing name", path.display()));
+                    }
+                    c.push(n);
+                }
+                return Ok(c);
+            }
+            Err(e) => match cur.file_name() {
+                Some(n) => {
+                    missing.push(n.to_os_string());
+                    cur.pop();
+                }
+                None => return Err(format!("{}: {e}", path.display())),
+            },
+        }
+    }
+}
+
 /// Finds the union `path` is in and its layers.
 pub fn live_mount(path: &Path) -> Result<LiveMount, String> {
-    let canon = fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let canon = canonical_prefix(path)?;
     let text = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mounts = parse_mountinfo(&text);
