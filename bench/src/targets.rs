@@ -15,7 +15,8 @@ enum Kind {
     Plain,
     /// Kernel overlay, with these extra mount options.
     Overlay(&'static [&'static str]),
-    /// Our daemon, with these extra -o options.
+    /// Our daemon, with these extra -o options (`@DIR` in one is the target's scratch
+    /// directory of the round).
     Unionfs(&'static [&'static str]),
     /// fuse-overlayfs, C (Debian) or Rust (bench/.peers): the same command line as ours.
     FuseOverlayfs,
@@ -29,7 +30,7 @@ struct Spec {
     kind: Kind,
 }
 
-const CATALOG: [Spec; 11] = [
+const CATALOG: [Spec; 12] = [
     Spec {
         name: "plain",
         what: "no union: a plain directory of the upper filesystem holding a copy of the lower tree (the physical limit)",
@@ -69,6 +70,11 @@ const CATALOG: [Spec; 11] = [
         name: "unionfs-volatile",
         what: "unionfs -o volatile (no fsync of copied-up data, as overlay-volatile)",
         kind: Kind::Unionfs(&["volatile"]),
+    },
+    Spec {
+        name: "unionfs-trace",
+        what: "unionfs -o trace=FILE (the event trace written to a file in the scratch directory: the cost of watching)",
+        kind: Kind::Unionfs(&["trace=@DIR/trace.log"]),
     },
     Spec {
         name: "fuse-overlayfs",
@@ -154,7 +160,7 @@ impl Target {
                 let mut opts = layers;
                 for e in extra {
                     opts.push(',');
-                    opts.push_str(e);
+                    opts.push_str(&e.replace("@DIR", &dir.display().to_string()));
                 }
                 let mut cmd = Command::new(program()?);
                 cmd.arg("-f").arg("-o").arg(opts).arg(&mnt);
