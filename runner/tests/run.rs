@@ -540,3 +540,52 @@ fn net_host(b: &str) {
     assert_eq!(s.trim(), want.to_string(), "the host's interfaces");
 }
 both!(net_host);
+
+/// `run --trace` (no FILE): the union's events on runbox's stderr, with the command's
+/// own stderr; the kernel backend has no trace and says so in one line.
+#[test]
+fn trace_to_stderr_and_kernel_refusal() {
+    if !need_root("trace_to_stderr_and_kernel_refusal") {
+        return;
+    }
+    let mut root = Root::new("trace");
+    root.import_ok(
+        "bb",
+        &busybox_tar(&[E::Dir("etc"), E::File("etc/motd", b"image\n")]),
+    );
+    let name = root.name("trace");
+    let out = root.run(&[
+        "run",
+        "--rm",
+        "--name",
+        &name,
+        "--backend",
+        "fuse",
+        "--trace",
+        "bb",
+        "sh",
+        "-c",
+        "echo more >> /etc/motd",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.lines().any(|l| l
+            .starts_with("event=copy-up path=/etc/motd type=file from=lower1 bytes=6 ")
+            && l.ends_with(" cause=open-write")),
+        "{err}"
+    );
+    let out = root.run(&[
+        "run",
+        "--rm",
+        "--backend",
+        "kernel",
+        "--trace",
+        "bb",
+        "true",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--trace needs the fuse backend"), "{err}");
+}
