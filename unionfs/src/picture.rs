@@ -189,12 +189,12 @@ pub fn draw(set: &LayerSet, here: &Explanation, rows: &[Explanation]) -> String 
                 };
                 let _ = writeln!(
                     o,
-                    r##"<g class="cell" data-layer="merged" data-mark="shown" data-from="{}"><text x="{}" y="{}" font-size="13" font-weight="bold">{}</text><text x="{}" y="{}" font-size="11" fill="#2e7d32">from {}</text></g>"##,
+                    r##"<g class="cell" data-layer="merged" data-mark="shown" data-from="{}"><text x="{}" y="{}" font-size="13" font-weight="bold">{}</text><text x="{}" y="{}" font-size="10" fill="#2e7d32">from {}</text></g>"##,
                     from.name(),
                     x_of(mi) + 16.0,
                     y + 22.0,
                     esc(&label),
-                    x_of(mi) + COL_W - 90.0,
+                    x_of(mi) + COL_W - 78.0,
                     y + 22.0,
                     from.name()
                 );

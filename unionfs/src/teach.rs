@@ -20,7 +20,9 @@ a path of the union's merged view ('/' is its root) and nothing needs to be moun
 
 For PATH it prints each layer's entry (type and size, whiteout, opaque directory,
 redirect, absent), which layer the merged view shows and the rule that decided it, and for
-a directory which layers its listing merges. --svg draws the directory PATH instead: one
+a directory which layers its listing merges. A layer marked '(not consulted)' has an
+entry the merge rule never reached: a layer above stopped the search, or the parent
+directory is not merged from that layer. --svg draws the directory PATH instead: one
 column per layer and one for the merged view, one row per name.
 
 Example:
@@ -50,6 +52,7 @@ struct ExplainCli {
     /// Draw the directory PATH as SVG on stdout.
     #[arg(long)]
     svg: bool,
+    /// A path inside a mounted union, or with -o a merged-view path such as /etc/motd
     #[arg(value_name = "PATH")]
     path: PathBuf,
 }
@@ -69,6 +72,7 @@ struct DiffCli {
     /// Print a JSON array instead of lines.
     #[arg(long)]
     json: bool,
+    /// A mounted unionfs or kernel overlay (instead of -o)
     #[arg(value_name = "MOUNTPOINT")]
     mountpoint: Option<PathBuf>,
 }
