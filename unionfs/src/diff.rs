@@ -82,9 +82,14 @@ pub fn diff(
         lowers: lowers.to_vec(),
         upper: None,
         ns,
+        follow_redirects: true,
+    };
+    let full = LayerSet {
+        upper: Some(upper.to_path_buf()),
+        ..below.clone()
     };
     let mut out = Vec::new();
-    walk(upper, Path::new(""), &below, &mut out)?;
+    walk(upper, Path::new(""), (&below, &full), &mut out)?;
     out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
     out.dedup();
     Ok(out)
@@ -131,12 +136,14 @@ fn show(rel: &Path) -> String {
     format!("/{}", rel.display())
 }
 
+/// `views`: the lower layers alone, and the whole union.
 fn walk(
     upper: &Path,
     rel: &Path,
-    below: &LayerSet,
+    views: (&LayerSet, &LayerSet),
     out: &mut Vec<(Change, String)>,
 ) -> Result<(), DiffError> {
+    let (below, full) = views;
     let dir = upper.join(rel);
     let rd = fs::read_dir(&dir).map_err(fail("read", &dir))?;
     for e in rd {
@@ -164,7 +171,31 @@ fn walk(
         };
         out.push((kind, show(&child)));
         if ft.is_dir() {
-            walk(upper, &child, below, out)?;
+            // A new directory that brings lower content along (renamed with a redirect):
+            // everything in it is new at this path.
+            let merged = full
+                .explain(&Path::new("/").join(&child))
+                .map_err(fail("explain", &path))?;
+            if kind == Change::Added && merged.merged.len() > 1 {
+                added_tree(full, &child, out).map_err(fail("explain", &path))?;
+            } else {
+                walk(upper, &child, views, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every name the union shows below `rel`, as added.
+fn added_tree(full: &LayerSet, rel: &Path, out: &mut Vec<(Change, String)>) -> io::Result<()> {
+    let (_, rows) = full.list(&Path::new("/").join(rel))?;
+    for r in rows {
+        if r.shown.is_none() {
+            continue;
+        }
+        out.push((Change::Added, r.path.clone()));
+        if !r.merged.is_empty() {
+            added_tree(full, Path::new(r.path.trim_start_matches('/')), out)?;
         }
     }
     Ok(())
@@ -236,6 +267,7 @@ mod tests {
             lowers: vec![l1, l0],
             upper: None,
             ns: None,
+            follow_redirects: true,
         };
         assert!(in_lowers(&below, Path::new("d")));
         assert!(!in_lowers(&below, Path::new("d/f")));

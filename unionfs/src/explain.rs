@@ -29,6 +29,9 @@ pub struct LayerSet {
     /// Where the overlay markers are; None reads both namespaces (for layers written by
     /// either kind of mount, as runbox's containers are).
     pub ns: Option<XattrNs>,
+    /// Follow `redirect` xattrs (`redirect_dir=follow`, the kernel's and unionfs's
+    /// default; false for `redirect_dir=nofollow`).
+    pub follow_redirects: bool,
 }
 
 /// One layer of the set.
@@ -110,6 +113,8 @@ pub struct LayerEntry {
     /// Whether the merge rule looked at this layer for this path: false when an upper
     /// layer stopped the search, or the parent directory is not merged from it.
     pub consulted: bool,
+    /// Where the rule looked in this layer, when a redirect made it another path.
+    pub at: Option<String>,
 }
 
 /// What the merged view shows at a path, and why.
@@ -124,6 +129,8 @@ pub struct Explanation {
     pub rule: String,
     /// For a directory: the layers whose listings merge, top first.
     pub merged: Vec<LayerId>,
+    /// The same, with where each directory is in its layer.
+    pub merged_at: Vec<Part>,
 }
 
 impl Explanation {
@@ -145,7 +152,16 @@ impl Explanation {
             } else {
                 "  (not consulted)"
             };
-            let _ = writeln!(s, "  {:<7} {}{note}", l.layer.name(), l.entry.describe());
+            let at =
+                l.at.as_ref()
+                    .map(|a| format!(" (at {a})"))
+                    .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {:<7} {}{at}{note}",
+                l.layer.name(),
+                l.entry.describe()
+            );
         }
         match &self.shown {
             Some((id, e)) => {
@@ -255,13 +271,16 @@ impl LayerSet {
         let shown_path = show(&comps);
         let ids = self.layer_ids();
         // The root merges every layer.
-        let mut stack: Vec<LayerId> = ids.clone();
+        let mut stack: Vec<Part> = ids.iter().map(|&id| (id, PathBuf::new())).collect();
         let mut rel = PathBuf::new();
         if comps.is_empty() {
-            let layers = self.entries(&rel, &ids, &stack)?;
+            let consulted: Vec<(LayerId, PathBuf, Entry)> = ids
+                .iter()
+                .map(|&id| Ok((id, PathBuf::new(), self.entry(id, Path::new(""))?)))
+                .collect::<io::Result<_>>()?;
             return Ok(Explanation {
                 path: shown_path,
-                layers,
+                layers: self.entries(&rel, &ids, &consulted)?,
                 shown: ids.first().map(|&id| {
                     (
                         id,
@@ -273,24 +292,27 @@ impl LayerSet {
                 }),
                 rule: format!("the root directory merges all {} layers", ids.len()),
                 merged: ids,
+                merged_at: stack,
             });
         }
         let last = comps.len() - 1;
         for (i, c) in comps.iter().enumerate() {
             rel.push(c);
-            let decided = self.resolve(&rel, &stack)?;
+            let decided = self.resolve(&stack, c)?;
             if i == last {
                 let layers = self.entries(&rel, &ids, &decided.consulted)?;
+                let merged_at = if decided.is_dir {
+                    decided.merged
+                } else {
+                    Vec::new()
+                };
                 return Ok(Explanation {
                     path: shown_path,
                     layers,
                     shown: decided.shown,
                     rule: decided.rule,
-                    merged: if decided.is_dir {
-                        decided.merged
-                    } else {
-                        Vec::new()
-                    },
+                    merged: merged_at.iter().map(|(id, _)| *id).collect(),
+                    merged_at,
                 });
             }
             if !decided.is_dir {
@@ -310,6 +332,7 @@ impl LayerSet {
                     shown: None,
                     rule: why,
                     merged: Vec::new(),
+                    merged_at: Vec::new(),
                 });
             }
             stack = decided.merged;
@@ -317,53 +340,76 @@ impl LayerSet {
         Err(io::Error::from_raw_os_error(libc::EINVAL))
     }
 
+    /// Each layer's entry: where the rule looked (`consulted`), else at the path itself.
     fn entries(
         &self,
         rel: &Path,
         ids: &[LayerId],
-        consulted: &[LayerId],
+        consulted: &[(LayerId, PathBuf, Entry)],
     ) -> io::Result<Vec<LayerEntry>> {
         ids.iter()
             .map(|&id| {
-                Ok(LayerEntry {
-                    layer: id,
-                    entry: self.entry(id, rel)?,
-                    consulted: consulted.contains(&id),
+                Ok(match consulted.iter().find(|c| c.0 == id) {
+                    Some((_, at, e)) => LayerEntry {
+                        layer: id,
+                        entry: e.clone(),
+                        consulted: true,
+                        at: (at != rel).then(|| format!("/{}", at.display())),
+                    },
+                    None => LayerEntry {
+                        layer: id,
+                        entry: self.entry(id, rel)?,
+                        consulted: false,
+                        at: None,
+                    },
                 })
             })
             .collect()
     }
 
-    /// The rule for one name whose parent merges the layers in `stack`.
-    fn resolve(&self, rel: &Path, stack: &[LayerId]) -> io::Result<Decided> {
+    /// The rule for `name` in a directory that merges the layer directories of `stack`.
+    fn resolve(&self, stack: &[Part], name: &OsStr) -> io::Result<Decided> {
         let mut d = Decided::default();
-        let mut dirs: Vec<LayerId> = Vec::new();
+        let mut layers: Vec<Part> = stack.to_vec();
+        let mut dirs: Vec<Part> = Vec::new();
         let mut shown: Option<(LayerId, Entry)> = None;
         let mut rule: Option<String> = None;
-        for (pos, &id) in stack.iter().enumerate() {
-            d.consulted.push(id);
+        // A redirect on a directory found so far: where the layers below look instead.
+        let mut redirect: Option<(LayerId, String)> = None;
+        let mut pos = 0;
+        while let Some((id, dir)) = layers.get(pos).cloned() {
+            let here = pos;
+            pos += 1;
+            let at = match &redirect {
+                None => dir.join(name),
+                Some((_, r)) => match r.strip_prefix('/') {
+                    Some(abs) => PathBuf::from(abs),
+                    None => dir.join(r),
+                },
+            };
             let below = || {
-                stack[pos + 1..]
+                layers[here + 1..]
                     .iter()
-                    .map(|l| l.name())
+                    .map(|l| l.0.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let e = self.entry(id, rel)?;
+            let e = self.entry(id, &at)?;
+            d.consulted.push((id, at.clone(), e.clone()));
             match &e {
                 Entry::Absent => continue,
                 Entry::Whiteout { .. } => {
-                    if shown.is_none() {
-                        rule = Some(match below().as_str() {
+                    rule = Some(if shown.is_none() {
+                        match below().as_str() {
                             "" => format!("whiteout in {} (nothing below it to hide)", id.name()),
                             b => format!("whiteout in {} hides {b}", id.name()),
-                        });
+                        }
                     } else {
-                        rule = Some(merge_rule(
+                        merge_rule(
                             &dirs,
                             Some(format!("whiteout in {} stops the merge", id.name())),
-                        ));
-                    }
+                        )
+                    });
                     break;
                 }
                 Entry::NonDir { .. } => {
@@ -383,11 +429,14 @@ impl LayerSet {
                     }
                     break;
                 }
-                Entry::Dir { opaque, .. } => {
+                Entry::Dir {
+                    opaque,
+                    redirect: r,
+                } => {
                     if shown.is_none() {
                         shown = Some((id, e.clone()));
                     }
-                    dirs.push(id);
+                    dirs.push((id, at));
                     if *opaque {
                         let hidden = below();
                         rule = Some(if hidden.is_empty() {
@@ -408,18 +457,39 @@ impl LayerSet {
                         });
                         break;
                     }
+                    if let (Some(r), true) = (r, self.follow_redirects) {
+                        if r.starts_with('/') {
+                            // An absolute redirect looks in every lower layer below this
+                            // one, from its root, as the kernel's lookup does.
+                            let from = match id {
+                                LayerId::Upper => 0,
+                                LayerId::Lower(i) => i + 1,
+                            };
+                            layers.truncate(pos);
+                            layers.extend(
+                                (from..self.lowers.len())
+                                    .map(|i| (LayerId::Lower(i), PathBuf::new())),
+                            );
+                        }
+                        redirect = Some((id, r.clone()));
+                    }
                 }
             }
         }
         d.is_dir = shown.as_ref().is_some_and(|(_, e)| e.is_dir());
-        d.rule = match (rule, &shown) {
+        let mut text = match (rule, &shown) {
             (Some(r), _) => r,
             (None, Some(_)) => merge_rule(&dirs, None),
             (None, None) => "no layer has it".into(),
         };
-        if shown.as_ref().is_some_and(|(_, e)| !e.is_dir()) {
-            // The non-directory's rule was set where it was found.
+        if let (Some((id, r)), true) = (&redirect, d.is_dir) {
+            let _ = write!(
+                text,
+                "; the redirect in {} sends the layers below to {r}",
+                id.name()
+            );
         }
+        d.rule = text;
         d.merged = dirs;
         d.shown = shown;
         Ok(d)
@@ -432,9 +502,10 @@ impl LayerSet {
         let comps = components(dir)?;
         let rel: PathBuf = comps.iter().collect();
         let mut names: BTreeSet<OsString> = BTreeSet::new();
-        for id in self.layer_ids() {
+        let literal = self.layer_ids().into_iter().map(|id| (id, rel.clone()));
+        for (id, at) in literal.chain(here.merged_at.iter().cloned()) {
             let Some(root) = self.root(id) else { continue };
-            let Ok(rd) = fs::read_dir(root.join(&rel)) else {
+            let Ok(rd) = fs::read_dir(root.join(&at)) else {
                 continue;
             };
             for e in rd.flatten() {
@@ -456,17 +527,21 @@ impl LayerSet {
     }
 }
 
+/// A directory of one layer taking part in a merge, and where it is in that layer (not
+/// the merged path when a redirect led there).
+pub type Part = (LayerId, PathBuf);
+
 #[derive(Default)]
 struct Decided {
     shown: Option<(LayerId, Entry)>,
     is_dir: bool,
     rule: String,
-    merged: Vec<LayerId>,
-    consulted: Vec<LayerId>,
+    merged: Vec<Part>,
+    consulted: Vec<(LayerId, PathBuf, Entry)>,
 }
 
-fn merge_rule(dirs: &[LayerId], stop: Option<String>) -> String {
-    let names: Vec<String> = dirs.iter().map(|l| l.name()).collect();
+fn merge_rule(dirs: &[Part], stop: Option<String>) -> String {
+    let names: Vec<String> = dirs.iter().map(|l| l.0.name()).collect();
     let base = match dirs.len() {
         1 => format!("only {} has this directory", names.join(", ")),
         n => format!("directory merges {n} layers: {}", names.join(", ")),
@@ -543,6 +618,7 @@ mod tests {
             lowers: vec![t.join("l0"), t.join("l1")],
             upper: Some(t.join("up")),
             ns: None,
+            follow_redirects: true,
         }
     }
 

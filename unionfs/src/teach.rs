@@ -192,6 +192,7 @@ pub fn layers_from_opts(o: &[u8]) -> Result<LayerSet, String> {
         lowers: Vec::new(),
         upper: None,
         ns: None,
+        follow_redirects: true,
     };
     for item in crate::options::split_opt_list(o) {
         let (k, v) = match item.iter().position(|&c| c == b'=') {
@@ -209,6 +210,7 @@ pub fn layers_from_opts(o: &[u8]) -> Result<LayerSet, String> {
                     .pop()
             }
             b"userxattr" => set.ns = Some(XattrNs::User),
+            b"redirect_dir" => set.follow_redirects = v != b"nofollow",
             _ => {}
         }
     }
@@ -296,6 +298,7 @@ pub fn overlay_layers(super_opts: &str) -> Result<LayerSet, String> {
         lowers: Vec::new(),
         upper: None,
         ns: Some(XattrNs::Trusted),
+        follow_redirects: true,
     };
     for item in super_opts.split(',') {
         let (k, v) = item.split_once('=').unwrap_or((item, ""));
@@ -314,6 +317,7 @@ pub fn overlay_layers(super_opts: &str) -> Result<LayerSet, String> {
                 .push(PathBuf::from(OsString::from_vec(unoctal(v)))),
             "upperdir" => set.upper = Some(PathBuf::from(OsString::from_vec(unoctal(v)))),
             "userxattr" => set.ns = Some(XattrNs::User),
+            "redirect_dir" => set.follow_redirects = v != "nofollow",
             _ => {}
         }
     }
@@ -435,6 +439,7 @@ fn unionfs_daemon_layers(mount_point: &Path) -> Result<LayerSet, String> {
             } else {
                 XattrNs::Trusted
             }),
+            follow_redirects: o.redirect_dir != crate::options::RedirectDir::NoFollow,
         });
     }
     Err(format!(

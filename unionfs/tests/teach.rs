@@ -150,6 +150,7 @@ fn set_of(root: &Path) -> LayerSet {
         lowers: vec![root.join("lower0"), root.join("lower1")],
         upper: Some(root.join("upper")),
         ns: Some(XattrNs::Trusted),
+        follow_redirects: true,
     }
 }
 
@@ -384,72 +385,77 @@ fn diff_agrees_with_kernel_walk() {
             [ -d c ] && rm -rf c; mkdir -p fresh/sub; echo n > fresh/sub/file; \
             [ -d a ] && touch a/created; [ -f b ] && chmod 600 b; true";
         run_ok(Command::new("sh").args(["-c", script, "sh"]).arg(&m));
-        let merged = walk(&m);
-        let below = walk(&s.path("below"));
-        let changes = unionfs::diff::diff(
-            &s.path("upper"),
-            &[s.path("lower0"), s.path("lower1")],
-            Some(XattrNs::Trusted),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let of = |c: char| -> BTreeSet<String> {
-            changes
-                .iter()
-                .filter(|(k, _)| k.letter() == c)
-                .map(|(_, p)| p.clone())
-                .collect()
-        };
-        let (added, changed, deleted) = (of('A'), of('C'), of('D'));
-        let want_added: BTreeSet<String> = merged
-            .keys()
-            .filter(|p| !below.contains_key(*p))
-            .cloned()
-            .collect();
-        assert_eq!(added, want_added, "{name}: A lines against the walk");
-        for p in &changed {
+        check_diff(name, &s, &m);
+    }
+}
+
+/// `diff` of the scratch's upper against its lowers, held to a walk of the union mounted
+/// at `m` and of the lowers alone mounted at `below`.
+fn check_diff(name: &str, s: &Scratch, m: &Path) {
+    let merged = walk(m);
+    let below = walk(&s.path("below"));
+    let changes = unionfs::diff::diff(
+        &s.path("upper"),
+        &[s.path("lower0"), s.path("lower1")],
+        Some(XattrNs::Trusted),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let of = |c: char| -> BTreeSet<String> {
+        changes
+            .iter()
+            .filter(|(k, _)| k.letter() == c)
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    let (added, changed, deleted) = (of('A'), of('C'), of('D'));
+    let want_added: BTreeSet<String> = merged
+        .keys()
+        .filter(|p| !below.contains_key(*p))
+        .cloned()
+        .collect();
+    assert_eq!(added, want_added, "{name}: A lines against the walk");
+    for p in &changed {
+        assert!(
+            merged.contains_key(p) && below.contains_key(p),
+            "{name}: C {p} is not in both views"
+        );
+    }
+    for (p, v) in &merged {
+        if below.get(p).is_some_and(|b| b != v) {
             assert!(
-                merged.contains_key(p) && below.contains_key(p),
-                "{name}: C {p} is not in both views"
+                changed.contains(p),
+                "{name}: {p} differs ({} -> {v}) but is not C",
+                below[p]
             );
         }
-        for (p, v) in &merged {
-            if below.get(p).is_some_and(|b| b != v) {
-                assert!(
-                    changed.contains(p),
-                    "{name}: {p} differs ({} -> {v}) but is not C",
-                    below[p]
-                );
-            }
-        }
-        for p in &deleted {
+    }
+    for p in &deleted {
+        assert!(
+            below.contains_key(p) && !merged.contains_key(p),
+            "{name}: D {p}"
+        );
+    }
+    // A name gone from a directory both views show is D, unless an opaque upper
+    // directory hid it (docker diff does not list those either).
+    for p in below.keys().filter(|p| !merged.contains_key(*p)) {
+        let dir = parent(p);
+        let in_both = dir == "/"
+            || (merged.get(dir).is_some_and(|v| v.starts_with("dir")) && below.contains_key(dir));
+        let opaque = Command::new("getfattr")
+            .args([
+                "--absolute-names",
+                "--only-values",
+                "-n",
+                "trusted.overlay.opaque",
+            ])
+            .arg(s.path("upper").join(dir.trim_start_matches('/')))
+            .output()
+            .is_ok_and(|o| o.stdout == b"y");
+        if in_both && !opaque {
             assert!(
-                below.contains_key(p) && !merged.contains_key(p),
-                "{name}: D {p}"
+                deleted.contains(p),
+                "{name}: {p} is gone but not D: {changes:?}"
             );
-        }
-        // A name gone from a directory both views show is D, unless an opaque upper
-        // directory hid it (docker diff does not list those either).
-        for p in below.keys().filter(|p| !merged.contains_key(*p)) {
-            let dir = parent(p);
-            let in_both = dir == "/"
-                || (merged.get(dir).is_some_and(|v| v.starts_with("dir"))
-                    && below.contains_key(dir));
-            let opaque = Command::new("getfattr")
-                .args([
-                    "--absolute-names",
-                    "--only-values",
-                    "-n",
-                    "trusted.overlay.opaque",
-                ])
-                .arg(s.path("upper").join(dir.trim_start_matches('/')))
-                .output()
-                .is_ok_and(|o| o.stdout == b"y");
-            if in_both && !opaque {
-                assert!(
-                    deleted.contains(p),
-                    "{name}: {p} is gone but not D: {changes:?}"
-                );
-            }
         }
     }
 }
@@ -806,4 +812,173 @@ fn bad_input_gets_one_line() {
 fn explain_ids_are_named_as_in_the_trace() {
     assert_eq!(LayerId::Lower(0).name(), "lower0");
     assert_eq!(LayerId::Upper.name(), "upper");
+}
+
+/// `-o trace` without FILE writes to the daemon's stderr, which stays open with `-f`.
+#[test]
+fn trace_without_file_goes_to_stderr_in_the_foreground() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED trace_without_file_goes_to_stderr_in_the_foreground: needs root (mounts)"
+        );
+        return;
+    }
+    let s = Scratch::new("teach-stderr");
+    s.mkdirs(&["lower/d", "upper", "work", "mnt"]);
+    std::fs::write(s.path("lower/d/f"), "abc").unwrap_or_else(|e| panic!("{e}"));
+    let child = Command::new(bin())
+        .arg("-f")
+        .arg("-o")
+        .arg(format!(
+            "{},trace",
+            union_opts(
+                &s.path("lower").display().to_string(),
+                &s.path("upper"),
+                &s.path("work"),
+                ""
+            )
+        ))
+        .arg(s.path("mnt"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut m = Mounted(s.path("mnt"));
+    let up = wait_until(std::time::Duration::from_secs(10), || {
+        mount_entry(&s.path("mnt")).is_some()
+    });
+    assert!(up, "the foreground daemon did not mount");
+    std::fs::remove_file(s.path("mnt/d/f")).unwrap_or_else(|e| panic!("{e}"));
+    m.unmount();
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("event=copy-up path=/d type=dir from=lower0 bytes=0 us=")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l == "event=whiteout path=/d/f cause=unlink"),
+        "{err}"
+    );
+}
+
+/// Every relative path in a tree (directories entered, symlinks not followed).
+fn paths_in(root: &Path) -> BTreeSet<PathBuf> {
+    fn go(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            out.insert(r.clone());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                go(root, &r, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    go(root, Path::new(""), &mut out);
+    out
+}
+
+/// Directories renamed by a kernel overlay with `redirect_dir=on` carry `redirect` xattrs
+/// (relative for a rename in place, absolute for a move to another directory); `explain`
+/// follows them as the kernel's lookup does on the next mount.
+#[test]
+fn explain_follows_redirects_as_the_kernel() {
+    if !is_root() {
+        eprintln!("SKIPPED explain_follows_redirects_as_the_kernel: needs root (mounts the kernel's overlay)");
+        return;
+    }
+    let s = Scratch::new("teach-redirect");
+    let tree: Tree = &[
+        ("lower1", "d/one", N::File("1")),
+        ("lower1", "d/sub/deep", N::File("deep")),
+        ("lower0", "d/two", N::File("22")),
+        ("lower1", "a/x/in-x", N::File("x")),
+        ("lower0", "b/keep", N::File("k")),
+    ];
+    build(&s.0, tree, false);
+    let lower = format!(
+        "{}:{}",
+        s.path("lower0").display(),
+        s.path("lower1").display()
+    );
+    {
+        let _m = mount_kernel(
+            &lower,
+            &s.path("upper"),
+            &s.path("work"),
+            &s.path("mnt"),
+            "redirect_dir=on",
+        );
+        let m = s.path("mnt");
+        std::fs::rename(m.join("d"), m.join("renamed")).unwrap_or_else(|e| panic!("rename d: {e}"));
+        std::fs::rename(m.join("a/x"), m.join("b/moved"))
+            .unwrap_or_else(|e| panic!("rename a/x: {e}"));
+        std::fs::write(m.join("renamed/three"), "333").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let redirect = |p: &str| {
+        run_ok(
+            Command::new("getfattr")
+                .args([
+                    "--absolute-names",
+                    "--only-values",
+                    "-n",
+                    "trusted.overlay.redirect",
+                ])
+                .arg(s.path("upper").join(p)),
+        )
+    };
+    assert_eq!(redirect("renamed"), "d");
+    assert_eq!(redirect("b/moved"), "/a/x");
+    let _m = mount_kernel(
+        &lower,
+        &s.path("upper"),
+        &s.path("work"),
+        &s.path("mnt"),
+        "",
+    );
+    let set = set_of(&s.0);
+    let mut paths = paths_in(&s.path("mnt"));
+    for l in ["upper", "lower0", "lower1"] {
+        paths.extend(paths_in(&s.path(l)));
+    }
+    let mut bad = Vec::new();
+    for rel in &paths {
+        let e = set
+            .explain(&Path::new("/").join(rel))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = std::fs::symlink_metadata(s.path("mnt").join(rel))
+            .ok()
+            .map(|m| kind_of(&m));
+        if e.shown_kind() != want {
+            bad.push(format!(
+                "/{}: explain {:?}, kernel {want:?}\n{}",
+                rel.display(),
+                e.shown_kind(),
+                e.render()
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    let e = set
+        .explain(Path::new("/renamed"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        e.merged,
+        [LayerId::Upper, LayerId::Lower(0), LayerId::Lower(1)]
+    );
+    assert!(
+        e.rule
+            .ends_with("the redirect in upper sends the layers below to d"),
+        "{}",
+        e.rule
+    );
+    assert!(e.render().contains("lower0  dir (at /d)"), "{}", e.render());
+    let e = set
+        .explain(Path::new("/b/moved/in-x"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(e.shown.map(|s| s.0), Some(LayerId::Lower(1)));
 }
