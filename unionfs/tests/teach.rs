@@ -486,6 +486,8 @@ fn trace_names_each_event_and_its_cause() {
         std::fs::create_dir_all(s.path("lower0/d")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(s.path(&format!("lower0/d/{f}")), "12345").unwrap_or_else(|e| panic!("{e}"));
     }
+    // Large enough to be copied up on a worker thread (`offload`): the cause goes along.
+    std::fs::write(s.path("lower0/d/big"), vec![7u8; 2 << 20]).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(s.path("lower0/ld/sub")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(s.path("lower0/e")).unwrap_or_else(|e| panic!("{e}"));
     s.mkdirs(&["upper", "work", "mnt"]);
@@ -529,6 +531,11 @@ fn trace_names_each_event_and_its_cause() {
         "echo x >> d/w",
         "event=copy-up path=/d type=dir from=lower0 bytes=0 us=1 cause=parent\n\
          event=copy-up path=/d/w type=file from=lower0 bytes=5 us=1 cause=open-write",
+    );
+    step(
+        "open for writing, a large file",
+        "echo x >> d/big",
+        "event=copy-up path=/d/big type=file from=lower0 bytes=2097152 us=1 cause=open-write",
     );
     step(
         "truncate(2)",
