@@ -207,7 +207,8 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          an fd opened read-only before a copy-up keeps reading the lower file,
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
-  noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
+  noacl                  POSIX ACLs are neither enforced nor shown (as fuse-overlayfs).
+  squash_to_root         Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).
   xino=on|off|auto, index=off, metacopy=off
                          Accepted for kernel overlayfs compatibility; no effect.

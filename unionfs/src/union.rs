@@ -37,6 +37,9 @@ pub struct Config {
     pub passthrough: Passthrough,
     /// How many directory descriptors to keep open; 0: three quarters of the file limit.
     pub dir_fd_budget: usize,
+    /// `noacl`: the kernel does not enforce POSIX ACLs, and their xattrs are not shown
+    /// (copy-up still keeps them in the upper layer).
+    pub noacl: bool,
 }
 
 /// Attributes as the union shows them.
