@@ -186,6 +186,10 @@ impl UnionFs {
         let Some(real) = real else {
             return Ok(Prot::default());
         };
+        // statx reports both flags without an open where the filesystem can.
+        if let Some(f) = fsops::statx_prot_attrs(&real.xpath()?)? {
+            return Ok(Prot::from_flags(f));
+        }
         Ok(Prot::from_flags(lower_flags(&real)?))
     }
 
