@@ -273,9 +273,10 @@ impl Filesystem for FuseAdapter {
         // without this it would ignore them, and an ACL that denies would not (issue 15).
         // It then leaves the umask to us (`DONT_MASK`): the upper filesystem applies it
         // only where the directory has no default ACL.
-        if config
-            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
-            .is_err()
+        if !self.fs.config.noacl
+            && config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+                .is_err()
         {
             log::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced");
         }

@@ -105,8 +105,8 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         Ok(l) => l,
         Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
     };
-    if opts.noacl || opts.squash_to_root {
-        log::warn!("noacl and squash_to_root are not implemented yet; ignored");
+    if opts.squash_to_root {
+        log::warn!("squash_to_root is not implemented yet; ignored");
     }
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
@@ -119,6 +119,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }),
         dir_fd_budget: 0,
         xino_on: opts.xino_on,
+        noacl: opts.noacl,
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

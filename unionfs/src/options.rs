@@ -211,7 +211,8 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          an fd opened read-only before a copy-up keeps reading the lower file,
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
-  noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
+  noacl                  POSIX ACLs are neither enforced nor shown (as fuse-overlayfs).
+  squash_to_root         Accepted for fuse-overlayfs compatibility; not implemented yet (a
                          warning).
   xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
                          value (FUSE has one st_dev). With on, as the kernel's overlay,
