@@ -77,6 +77,9 @@ fn lsattr_and_chattr_on_lower_and_upper() {
 /// 0x8, noatime 0x40), as `xfs_io` and `chattr -p` use them.
 #[test]
 fn fsxattr_get_and_set() {
+    if !difftests::scenario::require_one_fs("fsxattr_get_and_set", NO_FLAGS_ON_TMPFS) {
+        return;
+    }
     Scenario::new("fsxattr_get_and_set")
         .lower(flagged())
         .upper(Tree::new().file("up", 0o644, "up\n"))
