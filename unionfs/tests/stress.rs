@@ -1118,13 +1118,15 @@ fn same_names_kernel_overlay_errnos() {
 // ---------------------------------------------------------------------------------------
 // Head of line.
 
-/// How many files process `pid` has open under `dir`.
-fn open_under(pid: u32, dir: &Path) -> usize {
+/// How many regular files process `pid` has open under `dir` (not counting directories:
+/// the daemon keeps its work directory open).
+fn files_open_under(pid: u32, dir: &Path) -> usize {
     let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
     };
-    rd.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.starts_with(dir))
+    rd.filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|fd| fs::read_link(fd).is_ok_and(|t| t.starts_with(dir)))
+        .filter(|fd| fs::metadata(fd).is_ok_and(|m| m.is_file()))
         .count()
 }
 
@@ -1280,7 +1282,11 @@ fn copyups_do_not_hold_up_stats_of_other_names() {
     let pid = daemon.child.id();
     // The daemon holds the copies open in the work directory while it builds them
     // (unnamed O_TMPFILE files show there as deleted).
-    let ours = head_of_line(&u.mnt, BIG as u64, Some(&|| open_under(pid, &u.work) >= 2));
+    let ours = head_of_line(
+        &u.mnt,
+        BIG as u64,
+        Some(&|| files_open_under(pid, &u.work) >= 2),
+    );
     let status = daemon.stop();
     let report = format!(
         "100 lstats of other names while two 256 MiB lower files are copied up:\n  \
