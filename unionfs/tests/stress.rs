@@ -575,7 +575,10 @@ fn worker_child() {
     fs::write(out, text).unwrap_or_else(|e| panic!("write {out}: {e}"));
 }
 
-/// Kills (by PID) and reaps the workers still running when dropped.
+/// Kills (by PID) and reaps the workers still running when dropped. All are killed before
+/// any is waited for, and for five seconds at most: a worker of a hung mount may sleep
+/// uninterruptibly on a lock that another's request holds, until the daemon is gone (the
+/// `Daemon` guard, dropped after this one, kills it); it is then reaped by init.
 struct Workers(Vec<(usize, Child)>);
 
 impl Drop for Workers {
@@ -583,9 +586,13 @@ impl Drop for Workers {
         for (_, c) in &mut self.0 {
             if let Ok(None) = c.try_wait() {
                 let _ = c.kill();
-                let _ = c.wait();
             }
         }
+        wait_until(Duration::from_secs(5), || {
+            self.0
+                .iter_mut()
+                .all(|(_, c)| !matches!(c.try_wait(), Ok(None)))
+        });
     }
 }
 
