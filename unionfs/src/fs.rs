@@ -507,7 +507,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         if wf.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.fs.kill_setid_of(ino.0, &ctx(req)) {
+            if let Err(e) = self.fs.retry(|| self.fs.kill_setid_of(ino.0, &ctx(req))) {
                 return reply.error(e.into());
             }
         }
@@ -775,7 +775,9 @@ impl Filesystem for FuseAdapter {
         reply: fuser::ReplyIoctl,
     ) {
         // File flags (chattr/lsattr); any other command gets ENOTTY.
-        let r = self.fs.fileattr_ioctl(ino.0, cmd, in_data);
+        let r = self
+            .fs
+            .retry(|| self.fs.fileattr_ioctl(ino.0, cmd, in_data));
         self.fs.flush_invalidations(true);
         match r {
             Ok(out) if out.len() > out_size as usize => reply.error(Errno::EINVAL.into()),
