@@ -9,6 +9,7 @@ pub mod dirfd;
 pub mod errno;
 pub mod fs;
 pub mod handle;
+pub mod idmap;
 pub mod inode;
 pub mod killpriv;
 pub mod layer;

@@ -105,9 +105,6 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         Ok(l) => l,
         Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
     };
-    if opts.squash_to_root {
-        log::warn!("squash_to_root is not implemented yet; ignored");
-    }
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
     let config = Config {
@@ -120,6 +117,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         dir_fd_budget: 0,
         xino_on: opts.xino_on,
         noacl: opts.noacl,
+        idmap: opts.idmap.clone(),
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

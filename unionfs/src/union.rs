@@ -42,6 +42,8 @@ pub struct Config {
     /// `noacl`: the kernel does not enforce POSIX ACLs, and their xattrs are not shown
     /// (copy-up still keeps them in the upper layer).
     pub noacl: bool,
+    /// How owners on disk show through the union (`uidmapping=`, `squash_to_*`).
+    pub idmap: crate::idmap::IdMap,
 }
 
 /// Attributes as the union shows them.

@@ -93,7 +93,9 @@ impl UnionFs {
             // set-group-id bit goes as the kernel's `posix_acl_update_mode` says for the
             // caller: when it is neither in the group nor has CAP_FSETID.
             let st = upper.stat()?;
-            if st.st_mode & libc::S_ISGID != 0 && killpriv::acl_kills_sgid(st.st_gid, caller) {
+            if st.st_mode & libc::S_ISGID != 0
+                && killpriv::acl_kills_sgid(self.config.idmap.shown(st.st_uid, st.st_gid).1, caller)
+            {
                 upper.chmod(st.st_mode & 0o7777 & !libc::S_ISGID)?;
             }
         }
