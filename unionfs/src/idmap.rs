@@ -35,7 +35,7 @@ impl Ranges {
     pub fn parse(text: &str) -> std::result::Result<Ranges, String> {
         let text = text.strip_prefix(':').unwrap_or(text);
         let nums: Vec<&str> = text.split(':').collect();
-        if text.is_empty() || nums.len() % 3 != 0 {
+        if text.is_empty() || !nums.len().is_multiple_of(3) {
             return Err(format!(
                 "'{text}' is not a list of CONTAINER-ID:HOST-ID:LENGTH triples"
             ));

@@ -32,7 +32,7 @@ static LOGGER: StderrLog = StderrLog;
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let opts = match options::parse_args(args) {
-        Ok(ParseOutcome::Run(o)) => o,
+        Ok(ParseOutcome::Run(o)) => *o,
         Ok(ParseOutcome::Exit(text, code)) => {
             print!("{text}");
             return ExitCode::from(u8::try_from(code).unwrap_or(1));

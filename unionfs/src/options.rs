@@ -168,7 +168,7 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseOutcome {
     /// Mount with these options.
-    Run(Options),
+    Run(Box<Options>),
     /// `--help` or `--version`: print the text on stdout and exit with the code (always 0).
     Exit(String, i32),
 }
@@ -288,7 +288,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<ParseOutc
         }
     }
     b.finish(mountpoint, cli.foreground || cli.debug, cli.debug)
-        .map(ParseOutcome::Run)
+        .map(|o| ParseOutcome::Run(Box::new(o)))
 }
 
 /// clap renders several lines (message, usage, tip); keep the message part on one line.
@@ -911,7 +911,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Options {
         match parse(args) {
-            Ok(ParseOutcome::Run(o)) => o,
+            Ok(ParseOutcome::Run(o)) => *o,
             other => panic!("expected Run for {args:?}, got {other:?}"),
         }
     }
