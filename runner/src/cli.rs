@@ -103,8 +103,9 @@ pub struct RunArgs {
     /// Working directory in the container [default: the image's WorkingDir, or /]
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Run as UID[:GID] (numeric) [default: the image's User, or 0:0]
-    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    /// Run as USER[:GROUP], numbers or names from the image's /etc/passwd and /etc/group
+    /// [default: the image's User, or 0:0]
+    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     pub image: String,
     /// The command and its arguments [default: the image's Entrypoint and Cmd]

@@ -16,3 +16,4 @@ pub mod run;
 pub mod size;
 pub mod store;
 pub mod sys;
+pub mod user;

@@ -29,6 +29,7 @@ use crate::env::resolve;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, Step};
 use crate::sys;
+use crate::user;
 
 pub const FORWARDED: [Signal; 6] = [
     Signal::SIGINT,
@@ -47,7 +48,8 @@ pub struct ChildSpec {
     pub steps: Vec<Step>,
     pub hostname: String,
     pub host_net: bool,
-    pub user: Option<(u32, u32)>,
+    /// `USER[:GROUP]`, resolved inside the container's root.
+    pub user: Option<String>,
     pub workdir: String,
     pub argv: Vec<String>,
     pub env: Vec<String>,
@@ -279,20 +281,43 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
     if !spec.host_net {
         sys::interface_up(c"lo").map_err(|e| setup(Error::io("bring loopback up", e)))?;
     }
-    if let Some((uid, gid)) = spec.user {
-        let g = Gid::from_raw(gid);
+    let mut env = spec.env.clone();
+    let who = match &spec.user {
+        Some(u) => {
+            // Inside the new root: the image's own account files.
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            Some(user::resolve(u, &passwd, &group).map_err(setup)?)
+        }
+        None => None,
+    };
+    let home = who
+        .as_ref()
+        .map(|w| w.home.clone())
+        .unwrap_or_else(|| "/root".into());
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    if let Some(w) = &who {
+        if spec.userns.is_some() && (w.uid, w.gid) != (0, 0) {
+            return Err(setup(Error::usage(format!(
+                "user {u}: a rootless container maps only your own ids to 0:0",
+                u = spec.user.as_deref().unwrap_or_default()
+            ))));
+        }
         // Denied (and pointless) in a user namespace mapping one id.
         if spec.userns.is_none() {
-            nix::unistd::setgroups(&[g]).map_err(|e| setup(Error::sys("setgroups", e)))?;
+            let groups: Vec<Gid> = w.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            nix::unistd::setgroups(&groups).map_err(|e| setup(Error::sys("setgroups", e)))?;
         }
-        nix::unistd::setgid(g).map_err(|e| setup(Error::sys(format!("setgid {gid}"), e)))?;
-        nix::unistd::setuid(Uid::from_raw(uid))
-            .map_err(|e| setup(Error::sys(format!("setuid {uid}"), e)))?;
+        nix::unistd::setgid(Gid::from_raw(w.gid))
+            .map_err(|e| setup(Error::sys(format!("setgid {}", w.gid), e)))?;
+        nix::unistd::setuid(Uid::from_raw(w.uid))
+            .map_err(|e| setup(Error::sys(format!("setuid {}", w.uid), e)))?;
     }
     nix::unistd::chdir(Path::new(&spec.workdir))
         .map_err(|e| setup(Error::sys(format!("working directory {}", spec.workdir), e)))?;
-    let path = spec
-        .env
+    let path = env
         .iter()
         .find_map(|kv| kv.strip_prefix("PATH="))
         .unwrap_or(crate::env::DEFAULT_PATH);
@@ -318,8 +343,7 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
         .iter()
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let envp = spec
-        .env
+    let envp = env
         .iter()
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -157,18 +157,12 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
         name: (args.rm || !existed).then(|| name.clone()),
     };
 
-    let user = match args
+    let user = args
         .user
-        .as_deref()
-        .or((!cfg.user.is_empty()).then_some(cfg.user.as_str()))
-    {
-        Some(u) => Some(env::parse_user(u)?),
-        None => None,
-    };
-    if rootless && user.is_some_and(|u| u != (0, 0)) {
-        return Err(Error::usage(
-            "--user other than 0:0 needs root: a rootless container maps only your own ids",
-        ));
+        .clone()
+        .or((!cfg.user.is_empty()).then(|| cfg.user.clone()));
+    if let Some(u) = &user {
+        crate::user::check_spec(u)?;
     }
     let term = std::env::var("TERM").ok();
     let envv = env::build_env(&cfg.env, &args.env, &hostname, term.as_deref())?;
@@ -245,7 +239,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
             steps: rootfs::plan(&etc),
             hostname: hostname.clone(),
             host_net: args.net == NetArg::Host,
-            user,
+            user: user.clone(),
             workdir: workdir.clone(),
             argv: argv.clone(),
             env: envv.clone(),

@@ -487,7 +487,15 @@ fn user_env_workdir(b: &str) {
         &["sh", "-c", "echo $GREETING from $(pwd)"],
         "/work",
     );
-    let layer = busybox_tar(&[E::Dir("work")]);
+    let layer = busybox_tar(&[
+        E::Dir("work"),
+        E::Dir("etc"),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:web:/var/www:/bin/sh\n",
+        ),
+        E::File("etc/group", b"root:x:0:\nwww:x:34:\nadm:x:4:www\n"),
+    ]);
     root.import_ok("cfg", &docker_save(&[layer], &cfg));
     let s = ok(&run(&root, b, &["--rm", "--name", &name, "cfg"]));
     assert_eq!(s, "hello from /work\n", "image defaults");
@@ -511,6 +519,42 @@ fn user_env_workdir(b: &str) {
         ],
     ));
     assert_eq!(s, "hi /bin 1000 1001 1001\n");
+    let s = ok(&run(
+        &root,
+        b,
+        &[
+            "--rm",
+            "--name",
+            &name,
+            "--user",
+            "www",
+            "cfg",
+            "sh",
+            "-c",
+            "echo $(id -u) $(id -g) $(id -G) $HOME",
+        ],
+    ));
+    assert_eq!(
+        s, "33 34 34 4 /var/www\n",
+        "a user name from the image's /etc/passwd"
+    );
+    let out = run(
+        &root,
+        b,
+        &["--rm", "--name", &name, "--user", "nobody", "cfg", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("nobody"),
+        "{}",
+        text(&out.stderr)
+    );
+    let s = ok(&run(
+        &root,
+        b,
+        &["--rm", "--name", &name, "cfg", "sh", "-c", "echo $HOME"],
+    ));
+    assert_eq!(s, "/root\n");
 }
 both!(user_env_workdir);
 
