@@ -275,7 +275,9 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
     for p in &spec.cgroup_procs {
         std::fs::write(p, "0").map_err(|e| setup(Error::path("join cgroup", p, e)))?;
     }
-    rootfs::execute(&spec.root, &spec.steps).map_err(setup)?;
+    let mut real = rootfs::RealSys::default();
+    rootfs::execute(&spec.root, &spec.steps, &mut real).map_err(setup)?;
+    drop(real);
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| setup(Error::sys("set the hostname", e)))?;
     if !spec.host_net {
