@@ -352,6 +352,12 @@ fn signals(b: &str) {
         "{}",
         text(&out.stderr)
     );
+    // A second run of the same name while the first runs is refused in one line.
+    let out = run(&root, b, &["--name", &name, "bb", "true"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is running"), "{err}");
     let t = Instant::now();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
