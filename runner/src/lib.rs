@@ -17,3 +17,4 @@ pub mod size;
 pub mod store;
 pub mod sys;
 pub mod user;
+pub mod userns;

@@ -9,7 +9,6 @@ use crate::cgroup::{self, Limits};
 use crate::cli::{NetArg, RunArgs};
 use crate::env;
 use crate::error::{Error, Result};
-use crate::fsutil::remove_tree;
 use crate::image::kernel::kernel_lowers;
 use crate::process::{self, ChildSpec};
 use crate::rootfs;
@@ -33,7 +32,7 @@ pub fn remove_container(store: &Store, name: &str) -> Result<()> {
         .tmp()
         .join(format!("rm-{name}-{}-0", std::process::id()));
     fs::rename(&dir, &doomed).map_err(|e| Error::path("remove", &dir, e))?;
-    remove_tree(&doomed).map_err(|e| Error::path("remove", &doomed, e))
+    crate::userns::remove_container_tree(&doomed)
 }
 
 fn is_mount_point(p: &Path) -> bool {
@@ -120,6 +119,24 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     // Rootless: a user namespace maps the caller to root; the kernel's overlay is mounted
     // inside it with userxattr, FUSE goes through fusermount3.
     let rootless = !nix::unistd::geteuid().is_root();
+    let idmap = rootless.then(|| {
+        crate::userns::choose(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    if verbose {
+        match &idmap {
+            Some(crate::userns::IdMap::Ranges { subuid, .. }) => eprintln!(
+                "runbox: user namespace: you as 0, {}+{} as 1..{}",
+                subuid.0, subuid.1, subuid.1
+            ),
+            Some(_) => eprintln!(
+                "runbox: user namespace: only you, as 0 (no newuidmap or /etc/subuid range)"
+            ),
+            None => {}
+        }
+    }
     let name = args.name.clone().unwrap_or_else(generated_name);
     check_name("container", &name)?;
     check_name("image", &args.image)?;
@@ -244,12 +261,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
             argv: argv.clone(),
             env: envv.clone(),
             cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
-            userns: rootless.then(|| {
-                (
-                    nix::unistd::geteuid().as_raw(),
-                    nix::unistd::getegid().as_raw(),
-                )
-            }),
+            userns: idmap.clone(),
         };
         let outcome = process::run(&spec);
         let unmounted = mounted.unmount();

@@ -134,7 +134,7 @@ impl Store {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = tmp_owner(&name) {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = crate::fsutil::remove_tree(&e.path());
+                    let _ = crate::userns::remove_container_tree(&e.path());
                 }
             }
         }

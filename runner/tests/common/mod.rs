@@ -12,6 +12,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "hostname", "ip", "mkdir", "rm", "id", "sleep", "kill", "head",
     "tr", "seq", "grep", "wc", "touch", "stat", "true", "false", "env", "pwd", "dd", "test",
+    "chown",
 ];
 
 pub fn is_root() -> bool {
