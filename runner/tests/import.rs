@@ -328,3 +328,45 @@ fn refuses_truncated_and_non_tar() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn docker_save_with_a_linked_layer() {
+    // docker save writes a layer identical to an earlier one as a symlink to it.
+    let root = Root::new("imp-linked");
+    let l0 = tar_of(&[E::File("a", b"one")]);
+    let l1 = tar_of(&[E::File("b", b"two")]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        b.append_data(&mut h, name, data)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    add("l0/layer.tar", &l0);
+    add("l1/layer.tar", &l1);
+    add("c.json", &image_config(&[], &["sh"], ""));
+    add(
+        "manifest.json",
+        br#"[{"Config":"c.json","Layers":["l0/layer.tar","l1/layer.tar","l2/layer.tar"]}]"#,
+    );
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(1);
+    b.append_link(&mut h, "l2/layer.tar", "../l0/layer.tar")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = b.into_inner().unwrap_or_else(|e| panic!("{e}"));
+    root.import_ok("linked", &data);
+    assert_eq!(
+        std::fs::read(root.layer("linked", 2).join("a")).unwrap_or_default(),
+        b"one"
+    );
+    assert_eq!(
+        std::fs::read(root.layer("linked", 1).join("b")).unwrap_or_default(),
+        b"two"
+    );
+}

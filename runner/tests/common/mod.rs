@@ -134,6 +134,29 @@ impl Root {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let me = std::process::id();
+        // runbox waits for its FUSE daemon; give anything else that is exiting a moment.
+        let named = |root: &str| {
+            std::fs::read_dir("/proc")
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<u32>()
+                            .is_ok_and(|p| p != me)
+                            && String::from_utf8_lossy(
+                                &std::fs::read(e.path().join("cmdline")).unwrap_or_default(),
+                            )
+                            .contains(root)
+                    })
+                })
+                .unwrap_or(false)
+        };
+        for _ in 0..40 {
+            if !named(&root) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
