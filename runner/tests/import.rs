@@ -370,3 +370,46 @@ fn docker_save_with_a_linked_layer() {
         b"two"
     );
 }
+
+#[test]
+fn gnu_pax_sparse_files() {
+    // What `tar -S --format=posix` writes: pax keys naming the real file and size, and a
+    // map (count, offset/size pairs) before the data chunks.
+    let root = Root::new("imp-sparse");
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", &b"0"[..]),
+        ("GNU.sparse.name", &b"./big"[..]),
+        ("GNU.sparse.realsize", &b"3000000"[..]),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut data = b"2\n0\n4\n2999995\n5\n".to_vec();
+    data.resize(512, 0);
+    data.extend_from_slice(b"headtail\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "./GNUSparseFile.0/big", data.as_slice())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let archive = b.into_inner().unwrap_or_else(|e| panic!("{e}"));
+    root.import_ok("sparse", &archive);
+    let l = root.layer("sparse", 0);
+    assert!(
+        !l.join("GNUSparseFile.0").exists(),
+        "stored under its real name"
+    );
+    let got = std::fs::read(l.join("big")).unwrap_or_default();
+    assert_eq!(got.len(), 3_000_000);
+    assert_eq!(&got[..4], b"head");
+    assert_eq!(&got[2_999_995..], b"tail\n");
+    assert!(got[4..2_999_995].iter().all(|b| *b == 0));
+    let blocks = std::fs::metadata(l.join("big"))
+        .map(|m| m.blocks())
+        .unwrap_or(u64::MAX);
+    assert!(blocks < 100, "holes kept: {blocks} blocks");
+}

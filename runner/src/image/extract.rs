@@ -24,6 +24,7 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 
 use super::paths::components;
 use super::progress::Progress;
+use super::sparse;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -135,7 +136,12 @@ fn meta_of(h: &tar::Header) -> Result<Meta> {
 
 impl Extractor<'_> {
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<R>) -> Result<()> {
-        let raw = e.path_bytes().into_owned();
+        let pax = pax_of(e)?;
+        let sparse = sparse::detect(&pax)?;
+        let raw = match &sparse {
+            Some(s) => s.name.clone(),
+            None => e.path_bytes().into_owned(),
+        };
         let comps = components(&raw)?;
         let kind = e.header().entry_type();
         // A hard link takes its metadata from its target; some tools leave its fields empty.
@@ -149,7 +155,7 @@ impl Extractor<'_> {
         } else {
             meta_of(e.header())?
         };
-        let xattrs = xattrs_of(e)?;
+        let xattrs = xattrs_of(&pax)?;
         let Some((name, parents)) = comps.split_last() else {
             // "./": the layer root itself; it keeps the store's own mode.
             return if kind.is_dir() {
@@ -177,7 +183,8 @@ impl Extractor<'_> {
                 }
                 self.dirs.push((comps.clone(), meta));
             }
-            T::Regular | T::Continuous => {
+            // GNUSparse (old GNU headers): the tar crate reads the holes back as zeros.
+            T::Regular | T::Continuous | T::GNUSparse => {
                 self.remove(&dir, name, &what)?;
                 let fd = openat(
                     &dir,
@@ -196,8 +203,14 @@ impl Extractor<'_> {
                     inner: &mut *e,
                     progress: self.progress,
                 };
-                let got = io::copy(&mut counted, &mut file)
-                    .map_err(|err| Error::refused(format!("reading {what}: {err}")))?;
+                let got = match &sparse {
+                    Some(s) => {
+                        let (chunks, used) = sparse::read_map(&mut counted)?;
+                        used + sparse::copy(&mut counted, &mut file, &chunks, s.realsize)?
+                    }
+                    None => io::copy(&mut counted, &mut file)
+                        .map_err(|err| Error::refused(format!("reading {what}: {err}")))?,
+                };
                 if got != want {
                     return Err(Error::refused(format!(
                         "truncated tar archive: {what} has {got} of {want} bytes"
@@ -439,7 +452,8 @@ fn proc_fd(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn xattrs_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u8>)>> {
+/// The member's pax records, as (key, value).
+fn pax_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     let Some(exts) = e
         .pax_extensions()
@@ -449,8 +463,16 @@ fn xattrs_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u8>)>>
     };
     for ext in exts {
         let ext = ext.map_err(|err| Error::refused(format!("bad pax header: {err}")))?;
-        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-            out.push((os_name(name)?.to_os_string(), ext.value_bytes().to_vec()));
+        out.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+fn xattrs_of(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(OsString, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (k, v) in pax {
+        if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+            out.push((os_name(name)?.to_os_string(), v.clone()));
         }
     }
     Ok(out)
