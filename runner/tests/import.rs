@@ -85,6 +85,22 @@ fn plain_tar_keeps_metadata_links_and_nodes() {
     h.set_device_minor(3).unwrap_or_else(|e| panic!("{e}"));
     b.append_data(&mut h, "dev/null", std::io::empty())
         .unwrap_or_else(|e| panic!("{e}"));
+    // Owner and mtime beyond the header fields' range, as pax records.
+    b.append_pax_extensions([
+        ("uid", &b"3000000"[..]),
+        ("gid", &b"3000001"[..]),
+        ("mtime", &b"1700000000.123456"[..]),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(2);
+    b.append_data(&mut h, "bigids", &b"ok"[..])
+        .unwrap_or_else(|e| panic!("{e}"));
     // An xattr, as a pax extension before its member.
     b.append_pax_extensions([("SCHILY.xattr.user.test", &b"v1"[..])])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +133,11 @@ fn plain_tar_keeps_metadata_links_and_nodes() {
         let null = std::fs::symlink_metadata(l.join("dev/null")).unwrap_or_else(|e| panic!("{e}"));
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), libc::makedev(1, 3));
+        let big = std::fs::symlink_metadata(l.join("bigids")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (big.uid(), big.gid(), big.mtime()),
+            (3_000_000, 3_000_001, 1_700_000_000)
+        );
     } else {
         eprintln!("SKIPPED owner and device-node checks: need root");
     }

@@ -122,15 +122,47 @@ fn show(comps: &[OsString]) -> String {
     v.join("/")
 }
 
-fn meta_of(h: &tar::Header) -> Result<Meta> {
+/// Owner, mode and mtime from the header, overridden by the pax records `uid`, `gid` and
+/// `mtime` (which carry values the header fields cannot hold; an mtime may have a
+/// fraction, and may be negative).
+fn meta_of(h: &tar::Header, pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Meta> {
     let bad = |what: &str, e: io::Error| Error::refused(format!("bad {what} in tar header: {e}"));
+    let pax_num = |key: &str| -> Result<Option<i64>> {
+        let Some((_, v)) = pax.iter().find(|(k, _)| k == key.as_bytes()) else {
+            return Ok(None);
+        };
+        let s = std::str::from_utf8(v).unwrap_or("");
+        let int = s.split('.').next().unwrap_or("");
+        int.parse::<i64>()
+            .map(Some)
+            .map_err(|_| Error::refused(format!("bad pax {key} {s:?}")))
+    };
+    let id = |v: i64, what: &str| {
+        u32::try_from(v).map_err(|_| Error::refused(format!("{what} out of range")))
+    };
+    let uid = match pax_num("uid")? {
+        Some(v) => id(v, "uid")?,
+        None => id(
+            i64::try_from(h.uid().map_err(|e| bad("uid", e))?).unwrap_or(-1),
+            "uid",
+        )?,
+    };
+    let gid = match pax_num("gid")? {
+        Some(v) => id(v, "gid")?,
+        None => id(
+            i64::try_from(h.gid().map_err(|e| bad("gid", e))?).unwrap_or(-1),
+            "gid",
+        )?,
+    };
+    let mtime = match pax_num("mtime")? {
+        Some(v) => v,
+        None => i64::try_from(h.mtime().map_err(|e| bad("mtime", e))?).unwrap_or(i64::MAX),
+    };
     Ok(Meta {
-        uid: u32::try_from(h.uid().map_err(|e| bad("uid", e))?)
-            .map_err(|_| Error::refused("uid out of range"))?,
-        gid: u32::try_from(h.gid().map_err(|e| bad("gid", e))?)
-            .map_err(|_| Error::refused("gid out of range"))?,
+        uid,
+        gid,
         mode: h.mode().map_err(|e| bad("mode", e))? & 0o7777,
-        mtime: i64::try_from(h.mtime().map_err(|e| bad("mtime", e))?).unwrap_or(i64::MAX),
+        mtime,
     })
 }
 
@@ -153,7 +185,7 @@ impl Extractor<'_> {
                 mtime: 0,
             }
         } else {
-            meta_of(e.header())?
+            meta_of(e.header(), &pax)?
         };
         let xattrs = xattrs_of(&pax)?;
         let Some((name, parents)) = comps.split_last() else {
