@@ -114,11 +114,12 @@ impl Mounted {
         }
     }
 
-    /// Whatever is mounted at `p`, to be unmounted.
+    /// Whatever is mounted at `p` (and the FUSE daemon serving it, if any), to be
+    /// unmounted.
     pub fn at(p: &Path) -> Mounted {
         Mounted {
             path: Some(p.to_path_buf()),
-            daemon: None,
+            daemon: find_daemon(p),
         }
     }
 

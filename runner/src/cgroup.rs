@@ -89,6 +89,16 @@ impl Drop for Dirs {
     }
 }
 
+/// Removes `runbox/NAME` groups a killed runbox left behind (each only if empty).
+pub fn remove_stale(name: &str) {
+    for h in ["memory", "pids", ""] {
+        let d = Path::new(ROOT).join(h).join("runbox").join(name);
+        if d.exists() {
+            let _ = fs::remove_dir(&d);
+        }
+    }
+}
+
 fn is_v2(root: &Path) -> bool {
     root.join("cgroup.controllers").exists()
 }

@@ -26,8 +26,10 @@ pub fn remove_container(store: &Store, name: &str) -> Result<()> {
     let merged = dir.join("merged");
     // A union left mounted by a killed runbox would make the removal fail half-way.
     if is_mount_point(&merged) {
-        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+        let _ = backend::Mounted::at(&merged).unmount();
     }
+    // ... and its cgroup (empty once its processes died with it).
+    cgroup::remove_stale(name);
     let doomed = store
         .tmp()
         .join(format!("rm-{name}-{}-0", std::process::id()));

@@ -590,3 +590,50 @@ fn net_host(b: &str) {
     assert_eq!(s.trim(), want.to_string(), "the host's interfaces");
 }
 both!(net_host);
+
+fn killed_runbox_then_rm(b: &str) {
+    let Some(mut root) = start(&format!("killed-{b}"), &[]) else {
+        return;
+    };
+    let name = root.name(&format!("killed-{b}"));
+    let secs = format!("8{}{}", std::process::id(), b.len());
+    let mut child = root
+        .cmd(&[
+            "run",
+            "--backend",
+            b,
+            "--memory",
+            "64m",
+            "--name",
+            &name,
+            "bb",
+            "sleep",
+            &secs,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_pid(&["sleep", &secs]);
+    let _ = child.kill();
+    let _ = child.wait();
+    // The command dies with runbox (parent-death signals), the mount and cgroup stay.
+    let t = Instant::now();
+    while find_pid(&["sleep", &secs]).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the command outlived runbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = ok(&root.run(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&name) && l.contains("dead")),
+        "{ps}"
+    );
+    // rm cleans up what the killed runbox left: the union, the daemon, the cgroup.
+    ok(&root.run(&["rm", &name]));
+    assert!(!root.path.join("containers").join(&name).exists());
+}
+both!(killed_runbox_then_rm);
