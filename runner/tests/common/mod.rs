@@ -293,9 +293,7 @@ pub fn busybox_tar(extra: &[E]) -> Vec<u8> {
     // Append the extra members: drop the end-of-archive blocks and add theirs.
     let more = tar_of(extra);
     out.truncate(out.len() - 1024);
-    let trailer_at = out.len();
     out.extend_from_slice(&more);
-    let _ = trailer_at;
     out
 }
 
