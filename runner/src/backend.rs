@@ -99,9 +99,10 @@ pub fn choose(arg: BackendArg, probe: &Probe) -> Result<(Backend, String)> {
 /// A mounted union; unmounted on drop (lazily if it is still busy).
 pub struct Mounted {
     path: Option<PathBuf>,
-    /// The FUSE daemon serving it: unmounting returns once it has exited, so nothing of
-    /// the run is left when runbox returns.
-    daemon: Option<i32>,
+    /// The work directory of the FUSE daemon serving it, which the daemon holds
+    /// `flock`ed while it runs: unmounting returns once the lock is free (the daemon has
+    /// exited), so nothing of the run is left when runbox returns.
+    daemon_work: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -110,24 +111,24 @@ impl Mounted {
     pub fn none() -> Mounted {
         Mounted {
             path: None,
-            daemon: None,
+            daemon_work: None,
         }
     }
 
-    /// Whatever is mounted at `p` (and the FUSE daemon serving it, if any), to be
-    /// unmounted.
-    pub fn at(p: &Path) -> Mounted {
+    /// Whatever is mounted at `p` with the work directory `work` (a FUSE daemon serving
+    /// it holds that locked), to be unmounted.
+    pub fn at(p: &Path, work: &Path) -> Mounted {
         Mounted {
             path: Some(p.to_path_buf()),
-            daemon: find_daemon(p),
+            daemon_work: Some(work.to_path_buf()),
         }
     }
 
     pub fn unmount(&mut self) -> Result<()> {
         let r = self.unmount_only();
-        if let Some(pid) = self.daemon.take() {
+        if let Some(work) = self.daemon_work.take() {
             if r.is_ok() {
-                wait_gone(pid);
+                wait_unlocked(&work);
             }
         }
         r
@@ -191,7 +192,7 @@ pub fn options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> 
     ))
 }
 
-pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path) -> Result<Mounted> {
+pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path, work: &Path) -> Result<Mounted> {
     let out = Command::new(unionfs)
         .arg("-o")
         .arg(opts)
@@ -210,34 +211,19 @@ pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path) -> Result<Mounted> 
     }
     Ok(Mounted {
         path: Some(merged.to_path_buf()),
-        daemon: find_daemon(merged),
+        daemon_work: Some(work.to_path_buf()),
     })
 }
 
-/// The process whose command line ends with the mount point: the daemon, which detached
-/// itself from the unionfs process we started.
-fn find_daemon(merged: &Path) -> Option<i32> {
-    let want = merged.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let last = cmdline.strip_suffix(&[0])?.rsplit(|b| *b == 0).next()?;
-        let is_union = cmdline.split(|b| *b == 0).any(|a| a == b"-o");
-        (last == want && is_union).then_some(pid)
-    })
-}
-
-/// Waits (a few seconds at most) for a process to end after its mount went away.
-fn wait_gone(pid: i32) {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+/// Waits (a few seconds at most) for the daemon that served a mount to exit: it holds its
+/// work directory `flock`ed for as long as it runs (the same lock keeps a second daemon
+/// off that work directory).
+fn wait_unlocked(work: &Path) {
     for _ in 0..500 {
-        let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for init.
-        let zombie = state
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'));
-        if state.is_empty() || zombie {
+        let Ok(dir) = std::fs::File::open(work) else {
+            return;
+        };
+        if nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -255,7 +241,7 @@ pub fn mount_kernel(opts: &str, merged: &Path) -> Result<Mounted> {
     .map_err(|e| Error::path("mount overlay on", merged, e.into()))?;
     Ok(Mounted {
         path: Some(merged.to_path_buf()),
-        daemon: None,
+        daemon_work: None,
     })
 }
 

@@ -26,7 +26,7 @@ pub fn remove_container(store: &Store, name: &str) -> Result<()> {
     let merged = dir.join("merged");
     // A union left mounted by a killed runbox would make the removal fail half-way.
     if is_mount_point(&merged) {
-        let _ = backend::Mounted::at(&merged).unmount();
+        let _ = backend::Mounted::at(&merged, &dir.join("work")).unmount();
     }
     // ... and its cgroup (empty once its processes died with it).
     cgroup::remove_stale(name);
@@ -206,7 +206,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     // A container killed with its runbox may have left its union mounted (we hold the
     // lock, so no live run uses it).
     if is_mount_point(&merged) {
-        let _ = backend::Mounted::at(&merged).unmount();
+        let _ = backend::Mounted::at(&merged, &work).unmount();
     }
 
     process::block_signals()?;
@@ -248,7 +248,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
                     .unionfs
                     .clone()
                     .ok_or_else(|| Error::usage("unionfs binary not found"))?;
-                backend::mount_fuse(&bin, &opts, &merged)?
+                backend::mount_fuse(&bin, &opts, &merged, &work)?
             }
             Backend::Kernel if rootless => Mounted::none(),
             Backend::Kernel => backend::mount_kernel(&opts, &merged)?,
