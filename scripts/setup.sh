@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-echo "== installing Debian packages (fuse3, attr, acl, busybox-static)"
+echo "== installing Debian packages (fuse3, attr, acl, busybox-static, uidmap)"
 $SUDO apt-get update -qq
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr acl busybox-static >/dev/null
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr acl busybox-static uidmap >/dev/null
 
 echo "== building unionfs"
 cargo build --release -p unionfs

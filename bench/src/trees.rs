@@ -34,6 +34,14 @@ impl Shape {
     }
 }
 
+/// The mixed load's names: 150 in three directories, the same at every size (what makes it
+/// a contention load is how few names there are).
+const MIXED: Shape = Shape {
+    top: 3,
+    sub: 1,
+    files: 50,
+};
+
 /// Every size the workloads use; `full` for measurements, `quick` to show that all runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sizes {
@@ -60,6 +68,10 @@ pub struct Sizes {
     pub delete: Shape,
     /// The source-like tree: tarball for untar, lower tree for tar.
     pub src: Shape,
+    /// The shared small files of the mixed parallel load (directories x files each), and
+    /// the operations all its threads do together.
+    pub mixed: Shape,
+    pub mixed_ops: usize,
 }
 
 impl Sizes {
@@ -98,6 +110,8 @@ impl Sizes {
                 sub: 10,
                 files: 50,
             },
+            mixed: MIXED,
+            mixed_ops: 20_000,
         }
     }
 
@@ -125,6 +139,8 @@ impl Sizes {
             write_bytes: 4 << 20,
             delete: small,
             src: small,
+            mixed: MIXED,
+            mixed_ops: 2_000,
         }
     }
 }
@@ -148,10 +164,12 @@ pub enum Tree {
     Delete,
     /// The source-like tree under `SRC_DIR`, the same as the tarball's.
     Src,
+    /// `Sizes::mixed` small files: the names the mixed parallel load shares.
+    Mixed,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 8] = [
+    pub const ALL: [Tree; 9] = [
         Tree::Files,
         Tree::BigDir,
         Tree::PathDirs,
@@ -160,6 +178,7 @@ impl Tree {
         Tree::Empty,
         Tree::Delete,
         Tree::Src,
+        Tree::Mixed,
     ];
 
     fn dir_name(self) -> &'static str {
@@ -172,6 +191,7 @@ impl Tree {
             Tree::Empty => "empty",
             Tree::Delete => "delete",
             Tree::Src => "src",
+            Tree::Mixed => "mixed",
         }
     }
 }
@@ -214,6 +234,7 @@ impl Lowers {
         write_shape(&lowers.path(Tree::Files), sizes.tree, 1)?;
         write_shape(&lowers.path(Tree::Few), sizes.few, 2)?;
         write_shape(&lowers.path(Tree::Delete).join(DELETE_DIR), sizes.delete, 3)?;
+        write_shape(&lowers.path(Tree::Mixed), sizes.mixed, 10)?;
         let big = lowers.path(Tree::BigDir).join(BIGDIR);
         fs::create_dir(&big)?;
         for i in 0..sizes.bigdir_entries {

@@ -2,6 +2,7 @@
 //! process start-up). Each returns how many items it did, checked against what it should have
 //! done: a union that hides files is an error, not a fast result.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -84,7 +85,7 @@ fn bytes(v: u64) -> String {
     }
 }
 
-pub const ALL: [Workload; 18] = [
+pub const ALL: [Workload; 19] = [
     Workload {
         name: "stat-cold",
         describe: |s| {
@@ -371,6 +372,23 @@ pub const ALL: [Workload; 18] = [
         run: tar_to_sink,
         expect: |s| n(s.src.file_count()),
     },
+    Workload {
+        name: "mixed-par",
+        describe: |s| {
+            format!(
+                "{} random appends, reads, chmods, unlinks, creates and renames on {} shared lower names in {} directories, over one thread per core",
+                thousands(n(s.mixed_ops)),
+                s.mixed.file_count(),
+                s.mixed.top * s.mixed.sub
+            )
+        },
+        lower: Tree::Mixed,
+        writes: true,
+        deletes: true,
+        prep: Prep::Warm,
+        run: mixed_parallel,
+        expect: |s| n(s.mixed_ops),
+    },
 ];
 
 /// Recursive walk: lstat of every entry (as find or ls -lR do), `on_file` for each non-directory.
@@ -576,4 +594,150 @@ fn tar_dir(b: &mut tar::Builder<Sink>, root: &Path, rel: &Path) -> io::Result<u6
         }
     }
     Ok(count)
+}
+
+/// One step of the mixed load.
+#[derive(Clone, Copy)]
+enum MixedOp {
+    Append,
+    Read,
+    Chmod,
+    Unlink,
+    Create,
+    Rename,
+}
+
+impl MixedOp {
+    fn name(self) -> &'static str {
+        match self {
+            MixedOp::Append => "append",
+            MixedOp::Read => "read",
+            MixedOp::Chmod => "chmod",
+            MixedOp::Unlink => "unlink",
+            MixedOp::Create => "create",
+            MixedOp::Rename => "rename",
+        }
+    }
+}
+
+/// The mix, with weights: mostly appends, reads and chmods (copy-ups of lower files), some
+/// unlinks (whiteouts), creates to bring names back, and renames within and across the
+/// directories.
+const MIXED_OPS: [(MixedOp, u64); 6] = [
+    (MixedOp::Append, 25),
+    (MixedOp::Read, 25),
+    (MixedOp::Chmod, 20),
+    (MixedOp::Unlink, 10),
+    (MixedOp::Create, 10),
+    (MixedOp::Rename, 10),
+];
+
+/// `Sizes::mixed_ops` operations on the shared names, dealt to one thread per core, each
+/// with its own seeded sequence. The threads race on purpose: a name another thread just
+/// removed or renamed fails with `ENOENT`, as on any file system, and a copy-up racing a
+/// rename onto its name can fail with `EEXIST` on the kernel's overlay. Any other error
+/// fails the workload, once every operation has run, with the counts per errno and
+/// operation and the time the run took. Returns the operations done, failed or not.
+fn mixed_parallel(c: &Ctx) -> io::Result<u64> {
+    let t0 = std::time::Instant::now();
+    let dirs: Vec<PathBuf> = c
+        .sizes
+        .mixed
+        .leaf_dirs()
+        .into_iter()
+        .map(|d| c.root.join(d))
+        .collect();
+    let files = c.sizes.mixed.files as u64;
+    let workers = c.workers.max(1);
+    let total = c.sizes.mixed_ops;
+    // (errno, operation) -> (count, the first path it happened on)
+    type Failures = BTreeMap<(String, &'static str), (u64, PathBuf)>;
+    let (done, failures) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let dirs = &dirs;
+                // The first threads take the remainder.
+                let ops = total / workers + usize::from(w < total % workers);
+                s.spawn(move || {
+                    let mut rng = Rng::new(100 + w as u64);
+                    let mut buf = Vec::new();
+                    let mut failures = Failures::new();
+                    let name = |rng: &mut Rng| {
+                        let d = &dirs[rng.below(dirs.len() as u64) as usize];
+                        d.join(format!("f{:04}.dat", rng.below(files)))
+                    };
+                    let weights: u64 = MIXED_OPS.iter().map(|(_, k)| k).sum();
+                    for i in 0..ops {
+                        let mut x = rng.below(weights);
+                        let op = MIXED_OPS
+                            .iter()
+                            .find(|(_, k)| {
+                                let hit = x < *k;
+                                x = x.saturating_sub(*k);
+                                hit
+                            })
+                            .map_or(MixedOp::Read, |(o, _)| *o);
+                        let p = name(&mut rng);
+                        let r = match op {
+                            MixedOp::Append => OpenOptions::new()
+                                .append(true)
+                                .open(&p)
+                                .and_then(|mut f| f.write_all(format!("{w}.{i};").as_bytes())),
+                            MixedOp::Read => File::open(&p).and_then(|mut f| {
+                                buf.clear();
+                                f.read_to_end(&mut buf).map(|_| ())
+                            }),
+                            MixedOp::Chmod => fs::set_permissions(
+                                &p,
+                                fs::Permissions::from_mode(0o600 | (rng.below(8) as u32) << 3),
+                            ),
+                            MixedOp::Unlink => fs::remove_file(&p),
+                            MixedOp::Create => OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(&p)
+                                .and_then(|mut f| f.write_all(format!("{w}.{i};").as_bytes())),
+                            MixedOp::Rename => fs::rename(&p, name(&mut rng)),
+                        };
+                        let errno = match r {
+                            Ok(()) => continue,
+                            Err(e) => e.raw_os_error(),
+                        };
+                        if errno == Some(nix::libc::ENOENT) || errno == Some(nix::libc::EEXIST) {
+                            continue;
+                        }
+                        let what = errno.map_or("no errno".into(), |e| {
+                            format!("{:?}", nix::errno::Errno::from_raw(e))
+                        });
+                        failures.entry((what, op.name())).or_insert((0, p)).0 += 1;
+                    }
+                    (ops as u64, failures)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_fold((0, Failures::new()), |(sum, mut all), h| {
+                let (n, f) = h
+                    .join()
+                    .map_err(|_| io::Error::other("a worker thread panicked"))?;
+                for (k, (count, path)) in f {
+                    all.entry(k).or_insert((0, path)).0 += count;
+                }
+                Ok::<_, io::Error>((sum + n, all))
+            })
+    })?;
+    if failures.is_empty() {
+        return Ok(done);
+    }
+    let failed: u64 = failures.values().map(|(k, _)| k).sum();
+    let list: Vec<String> = failures
+        .iter()
+        .map(|((errno, op), (k, path))| format!("{op} {errno} x{k} (first {})", path.display()))
+        .collect();
+    Err(io::Error::other(format!(
+        "{failed} of {done} operations failed in {:.0?}: {}",
+        t0.elapsed(),
+        list.join(", ")
+    )))
 }

@@ -99,23 +99,42 @@ pub fn choose(arg: BackendArg, probe: &Probe) -> Result<(Backend, String)> {
 /// A mounted union; unmounted on drop (lazily if it is still busy).
 pub struct Mounted {
     path: Option<PathBuf>,
+    /// The work directory of the FUSE daemon serving it, which the daemon holds
+    /// `flock`ed while it runs: unmounting returns once the lock is free (the daemon has
+    /// exited), so nothing of the run is left when runbox returns.
+    daemon_work: Option<PathBuf>,
 }
 
 impl Mounted {
     /// Nothing mounted on the host side (rootless kernel: the mount lives and dies in the
     /// container's namespaces).
     pub fn none() -> Mounted {
-        Mounted { path: None }
+        Mounted {
+            path: None,
+            daemon_work: None,
+        }
     }
 
-    /// Whatever is mounted at `p`, to be unmounted.
-    pub fn at(p: &Path) -> Mounted {
+    /// Whatever is mounted at `p` with the work directory `work` (a FUSE daemon serving
+    /// it holds that locked), to be unmounted.
+    pub fn at(p: &Path, work: &Path) -> Mounted {
         Mounted {
             path: Some(p.to_path_buf()),
+            daemon_work: Some(work.to_path_buf()),
         }
     }
 
     pub fn unmount(&mut self) -> Result<()> {
+        let r = self.unmount_only();
+        if let Some(work) = self.daemon_work.take() {
+            if r.is_ok() {
+                wait_unlocked(&work);
+            }
+        }
+        r
+    }
+
+    fn unmount_only(&mut self) -> Result<()> {
         let Some(p) = self.path.take() else {
             return Ok(());
         };
@@ -184,7 +203,7 @@ pub fn options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> 
     ))
 }
 
-pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path) -> Result<Mounted> {
+pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path, work: &Path) -> Result<Mounted> {
     let out = Command::new(unionfs)
         .arg("-o")
         .arg(opts)
@@ -203,7 +222,23 @@ pub fn mount_fuse(unionfs: &Path, opts: &str, merged: &Path) -> Result<Mounted> 
     }
     Ok(Mounted {
         path: Some(merged.to_path_buf()),
+        daemon_work: Some(work.to_path_buf()),
     })
+}
+
+/// Waits (a few seconds at most) for the daemon that served a mount to exit: it holds its
+/// work directory `flock`ed for as long as it runs (the same lock keeps a second daemon
+/// off that work directory).
+fn wait_unlocked(work: &Path) {
+    for _ in 0..500 {
+        let Ok(dir) = std::fs::File::open(work) else {
+            return;
+        };
+        if nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 pub fn mount_kernel(opts: &str, merged: &Path) -> Result<Mounted> {
@@ -217,6 +252,7 @@ pub fn mount_kernel(opts: &str, merged: &Path) -> Result<Mounted> {
     .map_err(|e| Error::path("mount overlay on", merged, e.into()))?;
     Ok(Mounted {
         path: Some(merged.to_path_buf()),
+        daemon_work: None,
     })
 }
 

@@ -89,13 +89,27 @@ impl Drop for Dirs {
     }
 }
 
+/// Removes `runbox/NAME` groups a killed runbox left behind (each only if empty).
+pub fn remove_stale(name: &str) {
+    for h in ["memory", "pids", ""] {
+        let d = Path::new(ROOT).join(h).join("runbox").join(name);
+        if d.exists() {
+            let _ = fs::remove_dir(&d);
+        }
+    }
+}
+
 fn is_v2(root: &Path) -> bool {
     root.join("cgroup.controllers").exists()
 }
 
 /// Creates `runbox/NAME` in each hierarchy a limit needs and writes the limits.
 pub fn create(name: &str, limits: &Limits) -> Result<Box<dyn Cgroup>> {
-    let root = Path::new(ROOT);
+    create_in(Path::new(ROOT), name, limits)
+}
+
+/// `create` below another cgroup mount point (tests use a plain directory).
+pub fn create_in(root: &Path, name: &str, limits: &Limits) -> Result<Box<dyn Cgroup>> {
     let v2 = is_v2(root);
     let mut made = Dirs { dirs: Vec::new() };
     for (controller, file, value) in limit_files(v2, limits) {
@@ -107,10 +121,12 @@ pub fn create(name: &str, limits: &Limits) -> Result<Box<dyn Cgroup>> {
             )));
         }
         let dir = base.join("runbox").join(name);
+        // v2: every controller used must be enabled in the parents (memory.swap.max
+        // belongs to memory, enabled just before it).
+        if v2 && file != "memory.swap.max" {
+            enable_v2(root, controller_of(file))?;
+        }
         if !made.dirs.contains(&dir) {
-            if v2 {
-                enable_v2(root, controller_of(file))?;
-            }
             fs::create_dir_all(&dir).map_err(|e| {
                 Error::path(
                     "cannot apply the limit: create cgroup (delegated cgroup needed?)",
@@ -172,5 +188,51 @@ mod tests {
         assert_eq!(v2[0], ("", "memory.max", "33554432".to_string()));
         assert_eq!(v2[2], ("", "pids.max", "20".to_string()));
         assert!(limit_files(true, &Limits::default()).is_empty());
+    }
+
+    fn read(p: &Path) -> String {
+        fs::read_to_string(p).unwrap_or_default()
+    }
+
+    #[test]
+    fn v2_tree() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = t.path();
+        fs::write(root.join("cgroup.controllers"), "memory pids").unwrap_or_default();
+        let l = Limits {
+            memory: Some(1 << 20),
+            pids: Some(5),
+        };
+        let cg = create_in(root, "c1", &l).unwrap_or_else(|e| panic!("{e}"));
+        let dir = root.join("runbox/c1");
+        assert_eq!(read(&dir.join("memory.max")), "1048576");
+        assert_eq!(read(&dir.join("pids.max")), "5");
+        assert_eq!(read(&root.join("runbox/cgroup.subtree_control")), "+pids");
+        assert_eq!(cg.procs_files(), vec![dir.join("cgroup.procs")]);
+        std::mem::forget(cg); // a plain directory with files cannot be rmdir'ed
+    }
+
+    #[test]
+    fn v1_hierarchies() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = t.path();
+        let l = Limits {
+            memory: Some(1 << 20),
+            pids: Some(5),
+        };
+        // No memory hierarchy: the limit cannot be applied, which is an error.
+        assert!(create_in(root, "c1", &l).is_err());
+        for h in ["memory", "pids"] {
+            fs::create_dir_all(root.join(h)).unwrap_or_default();
+            fs::write(root.join(h).join("cgroup.procs"), "").unwrap_or_default();
+        }
+        let cg = create_in(root, "c2", &l).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read(&root.join("memory/runbox/c2/memory.limit_in_bytes")),
+            "1048576"
+        );
+        assert_eq!(read(&root.join("pids/runbox/c2/pids.max")), "5");
+        assert_eq!(cg.procs_files().len(), 2);
+        std::mem::forget(cg);
     }
 }

@@ -47,6 +47,8 @@ pub enum Cmd {
     Rmi { name: String },
     /// Run CMD (or the image's entrypoint and command) in a new container, or in the
     /// stopped container --name NAME if it exists (it keeps its files between runs).
+    /// Exits with the command's status: 128+N if signal N killed it, 125 if the container
+    /// could not be set up, 126/127 if the command cannot be run or is not found.
     Run(RunArgs),
     /// List containers: name, image, state, backend.
     Ps,
@@ -103,13 +105,15 @@ pub struct RunArgs {
     /// Working directory in the container [default: the image's WorkingDir, or /]
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Run as UID[:GID] (numeric) [default: the image's User, or 0:0]
-    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    /// Run as USER[:GROUP], numbers or names from the image's /etc/passwd and /etc/group
+    /// [default: the image's User, or 0:0]
+    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     /// Trace what the union does (copy-ups, whiteouts, ...; `unionfs -o trace`), to FILE
     /// (appended) or, as `--trace` alone, to runbox's stderr. The fuse backend only
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     pub trace: Option<String>,
+    /// The image to run (as listed by `runbox images`)
     pub image: String,
     /// The command and its arguments [default: the image's Entrypoint and Cmd]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -48,22 +48,6 @@ pub fn build_env(
     Ok(out.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
-/// `UID[:GID]`, numeric; the group defaults to the uid's number (no /etc/passwd lookup in
-/// the image, which a hostile image could make say anything).
-pub fn parse_user(s: &str) -> Result<(u32, u32)> {
-    let bad = || Error::usage(format!("bad user {s:?}: expected numeric UID[:GID]"));
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let uid: u32 = u.parse().map_err(|_| bad())?;
-    let gid: u32 = match g {
-        Some(g) => g.parse().map_err(|_| bad())?,
-        None => uid,
-    };
-    Ok((uid, gid))
-}
-
 /// The argv to exec: an explicit command replaces the image's Cmd, the Entrypoint stays.
 pub fn build_argv(
     entrypoint: &[String],
@@ -121,15 +105,6 @@ mod tests {
         assert_eq!(e[0], format!("PATH={DEFAULT_PATH}"));
         assert!(build_env(&[], &s(&["NOEQUALS"]), "h", None).is_err());
         assert!(build_env(&[], &s(&["=v"]), "h", None).is_err());
-    }
-
-    #[test]
-    fn users() {
-        assert_eq!(parse_user("1000").ok(), Some((1000, 1000)));
-        assert_eq!(parse_user("1000:50").ok(), Some((1000, 50)));
-        assert!(parse_user("root").is_err());
-        assert!(parse_user("1:x").is_err());
-        assert!(parse_user("").is_err());
     }
 
     #[test]

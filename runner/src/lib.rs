@@ -16,3 +16,5 @@ pub mod run;
 pub mod size;
 pub mod store;
 pub mod sys;
+pub mod user;
+pub mod userns;

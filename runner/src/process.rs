@@ -29,6 +29,8 @@ use crate::env::resolve;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, Step};
 use crate::sys;
+use crate::user;
+use crate::userns::{self, IdMap};
 
 pub const FORWARDED: [Signal; 6] = [
     Signal::SIGINT,
@@ -47,13 +49,14 @@ pub struct ChildSpec {
     pub steps: Vec<Step>,
     pub hostname: String,
     pub host_net: bool,
-    pub user: Option<(u32, u32)>,
+    /// `USER[:GROUP]`, resolved inside the container's root.
+    pub user: Option<String>,
     pub workdir: String,
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cgroup_procs: Vec<PathBuf>,
     /// Rootless: a new user namespace mapping the caller (these host ids) to root.
-    pub userns: Option<(u32, u32)>,
+    pub userns: Option<IdMap>,
 }
 
 /// Exit status in the shell's convention.
@@ -124,16 +127,36 @@ pub fn run(spec: &ChildSpec) -> Result<Outcome> {
         .map_err(|e| Error::sys("signalfd", e))?;
     let (pid_r, pid_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    // With subordinate ranges, the maps are written from outside by the setuid tools
+    // while the helper waits: it says "unshared" on one pipe and waits for "go".
+    let (sync_r, sync_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
     let helper = match sys::fork().map_err(|e| Error::sys("fork", e))? {
         ForkResult::Child => {
             drop(pid_r);
             drop(err_r);
-            helper_main(spec, pid_w, err_w)
+            drop(sync_r);
+            drop(go_w);
+            helper_main(spec, pid_w, err_w, (sync_w, go_r))
         }
         ForkResult::Parent { child } => child,
     };
     drop(pid_w);
     drop(err_w);
+    drop(sync_w);
+    drop(go_r);
+    let mut map_error = None;
+    if let Some(map @ IdMap::Ranges { .. }) = &spec.userns {
+        let mut b = [0u8; 1];
+        if File::from(sync_r).read_exact(&mut b).is_ok() {
+            let r = userns::write_with_tools(helper.as_raw(), map);
+            let _ = File::from(go_w).write_all(if r.is_ok() { b"g" } else { b"x" });
+            map_error = r.err();
+        }
+    } else {
+        drop(sync_r);
+        drop(go_w);
+    }
     let mut buf = [0u8; 4];
     let mut pid_file = File::from(pid_r);
     let cmd_pid = pid_file
@@ -141,6 +164,12 @@ pub fn run(spec: &ChildSpec) -> Result<Outcome> {
         .ok()
         .map(|_| Pid::from_raw(i32::from_ne_bytes(buf)));
     let code = supervise(&sfd, helper, cmd_pid)?;
+    if let Some(e) = map_error {
+        return Ok(Outcome {
+            code,
+            error: Some(e.to_string()),
+        });
+    }
     let mut msg = String::new();
     let _ = File::from(err_r).read_to_string(&mut msg);
     let error = msg
@@ -208,7 +237,7 @@ fn supervise(sfd: &SignalFd, helper: Pid, cmd: Option<Pid>) -> Result<i32> {
 }
 
 /// The helper: new namespaces, then the command as their PID 1. Never returns.
-fn helper_main(spec: &ChildSpec, pid_w: OwnedFd, err_w: OwnedFd) -> ! {
+fn helper_main(spec: &ChildSpec, pid_w: OwnedFd, err_w: OwnedFd, sync: (OwnedFd, OwnedFd)) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let fail = |e: Error, err_w: &OwnedFd| -> ! {
         report(err_w, &e.to_string());
@@ -217,15 +246,28 @@ fn helper_main(spec: &ChildSpec, pid_w: OwnedFd, err_w: OwnedFd) -> ! {
     if let Err(e) = unshare(namespace_flags(spec.host_net, spec.userns.is_some())) {
         fail(Error::sys("unshare namespaces", e), &err_w);
     }
-    if let Some((uid, gid)) = spec.userns {
-        for (file, line) in id_maps(uid, gid) {
-            if let Err(e) = std::fs::write(file, &line) {
-                fail(
-                    Error::path(&format!("write {line:?} to"), Path::new(file), e),
-                    &err_w,
-                );
+    match &spec.userns {
+        Some(IdMap::SelfOnly { uid, gid }) => {
+            for (file, line) in id_maps(*uid, *gid) {
+                if let Err(e) = std::fs::write(file, &line) {
+                    fail(
+                        Error::path(&format!("write {line:?} to"), Path::new(file), e),
+                        &err_w,
+                    );
+                }
             }
         }
+        Some(IdMap::Ranges { .. }) => {
+            let (sync_w, go_r) = sync;
+            let _ = File::from(sync_w).write_all(b"u");
+            let mut b = [0u8; 1];
+            let go = File::from(go_r).read_exact(&mut b).is_ok() && b == *b"g";
+            if !go {
+                // runbox reports why.
+                std::process::exit(125)
+            }
+        }
+        None => drop(sync),
     }
     let cmd = match sys::fork() {
         Err(e) => fail(Error::sys("fork", e), &err_w),
@@ -273,26 +315,51 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
     for p in &spec.cgroup_procs {
         std::fs::write(p, "0").map_err(|e| setup(Error::path("join cgroup", p, e)))?;
     }
-    rootfs::execute(&spec.root, &spec.steps).map_err(setup)?;
+    let mut real = rootfs::RealSys::default();
+    rootfs::execute(&spec.root, &spec.steps, &mut real).map_err(setup)?;
+    drop(real);
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| setup(Error::sys("set the hostname", e)))?;
     if !spec.host_net {
         sys::interface_up(c"lo").map_err(|e| setup(Error::io("bring loopback up", e)))?;
     }
-    if let Some((uid, gid)) = spec.user {
-        let g = Gid::from_raw(gid);
-        // Denied (and pointless) in a user namespace mapping one id.
-        if spec.userns.is_none() {
-            nix::unistd::setgroups(&[g]).map_err(|e| setup(Error::sys("setgroups", e)))?;
+    let mut env = spec.env.clone();
+    let who = match &spec.user {
+        Some(u) => {
+            // Inside the new root: the image's own account files.
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            Some(user::resolve(u, &passwd, &group).map_err(setup)?)
         }
-        nix::unistd::setgid(g).map_err(|e| setup(Error::sys(format!("setgid {gid}"), e)))?;
-        nix::unistd::setuid(Uid::from_raw(uid))
-            .map_err(|e| setup(Error::sys(format!("setuid {uid}"), e)))?;
+        None => None,
+    };
+    let home = who
+        .as_ref()
+        .map(|w| w.home.clone())
+        .unwrap_or_else(|| "/root".into());
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    if let Some(w) = &who {
+        if matches!(spec.userns, Some(IdMap::SelfOnly { .. })) && (w.uid, w.gid) != (0, 0) {
+            return Err(setup(Error::usage(format!(
+                "user {u}: this rootless container maps only your own ids, to 0:0 (newuidmap and a /etc/subuid range allow more)",
+                u = spec.user.as_deref().unwrap_or_default()
+            ))));
+        }
+        // Denied (and pointless) in a user namespace mapping one id.
+        if !matches!(spec.userns, Some(IdMap::SelfOnly { .. })) {
+            let groups: Vec<Gid> = w.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            nix::unistd::setgroups(&groups).map_err(|e| setup(Error::sys("setgroups", e)))?;
+        }
+        nix::unistd::setgid(Gid::from_raw(w.gid))
+            .map_err(|e| setup(Error::sys(format!("setgid {}", w.gid), e)))?;
+        nix::unistd::setuid(Uid::from_raw(w.uid))
+            .map_err(|e| setup(Error::sys(format!("setuid {}", w.uid), e)))?;
     }
     nix::unistd::chdir(Path::new(&spec.workdir))
         .map_err(|e| setup(Error::sys(format!("working directory {}", spec.workdir), e)))?;
-    let path = spec
-        .env
+    let path = env
         .iter()
         .find_map(|kv| kv.strip_prefix("PATH="))
         .unwrap_or(crate::env::DEFAULT_PATH);
@@ -318,8 +385,7 @@ fn setup_and_exec(spec: &ChildSpec) -> std::result::Result<std::convert::Infalli
         .iter()
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let envp = spec
-        .env
+    let envp = env
         .iter()
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -180,48 +180,116 @@ pub fn plan(spec: &Spec) -> Vec<Step> {
     s
 }
 
-/// Opens `rel` below `root` without following a symlink anywhere (`O_PATH`).
-fn open_below(root: &Path, rel: &str) -> Result<OwnedFd> {
-    let fl = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut cur = openat(
-        nix::fcntl::AT_FDCWD,
-        root,
-        fl | OFlag::O_DIRECTORY,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::path("open", root, e.into()))?;
-    let comps: Vec<OsString> = Path::new(rel)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect();
-    for c in &comps {
-        cur = openat(&cur, c.as_os_str(), fl, Mode::empty()).map_err(|e| {
-            let why = if e == Errno::ELOOP {
-                "is a symlink, refused as a mount target".to_string()
-            } else {
-                e.desc().to_string()
-            };
-            Error::usage(format!("container path /{rel}: {why}"))
-        })?;
-    }
-    // A symlink opened with O_PATH|O_NOFOLLOW is the link itself: refuse it as a target.
-    let st = nix::sys::stat::fstat(&cur).map_err(|e| Error::sys(format!("stat /{rel}"), e))?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Err(Error::usage(format!(
-            "container path /{rel} is a symlink, refused as a mount target"
-        )));
-    }
-    Ok(cur)
+/// A mount target inside the new root, reached without following symlinks.
+pub struct Target {
+    /// The path to hand to mount(2): `/proc/self/fd/N` for the real system.
+    pub path: PathBuf,
+    pub is_dir: bool,
 }
 
-fn fd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+/// The system calls the plan needs, so that the order and flags of the steps can be
+/// checked by a recording fake without root (as youki's `Syscall` trait does).
+pub trait Sys {
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// Opens `rel` below `root` without following a symlink in any component.
+    fn open_below(&mut self, root: &Path, rel: &str) -> Result<Target>;
+    fn create_file(&mut self, p: &Path) -> std::io::Result<()>;
+    fn mkdir(&mut self, p: &Path) -> std::io::Result<()>;
+    fn symlink(&mut self, target: &str, link: &Path) -> std::io::Result<()>;
+    /// `chdir(root)`, `pivot_root(".", ".")`, detach the old root, `chdir("/")`.
+    fn pivot(&mut self, root: &Path) -> Result<()>;
+}
+
+/// The real system; keeps the descriptors of opened targets alive until it is dropped.
+#[derive(Default)]
+pub struct RealSys {
+    fds: Vec<OwnedFd>,
+}
+
+impl Sys for RealSys {
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        mount(src, target, fstype, flags, data)
+    }
+
+    fn open_below(&mut self, root: &Path, rel: &str) -> Result<Target> {
+        let fl = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut cur = openat(
+            nix::fcntl::AT_FDCWD,
+            root,
+            fl | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::path("open", root, e.into()))?;
+        let comps: Vec<OsString> = Path::new(rel)
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                _ => None,
+            })
+            .collect();
+        for c in &comps {
+            cur = openat(&cur, c.as_os_str(), fl, Mode::empty()).map_err(|e| {
+                let why = if e == Errno::ELOOP {
+                    "is a symlink, refused as a mount target".to_string()
+                } else {
+                    e.desc().to_string()
+                };
+                Error::usage(format!("container path /{rel}: {why}"))
+            })?;
+        }
+        // A symlink opened with O_PATH|O_NOFOLLOW is the link itself: refuse it.
+        let st = nix::sys::stat::fstat(&cur).map_err(|e| Error::sys(format!("stat /{rel}"), e))?;
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFLNK {
+            return Err(Error::usage(format!(
+                "container path /{rel} is a symlink, refused as a mount target"
+            )));
+        }
+        let path = PathBuf::from(format!("/proc/self/fd/{}", cur.as_raw_fd()));
+        self.fds.push(cur);
+        Ok(Target {
+            path,
+            is_dir: fmt == libc::S_IFDIR,
+        })
+    }
+
+    fn create_file(&mut self, p: &Path) -> std::io::Result<()> {
+        std::fs::File::create(p).map(drop)
+    }
+
+    fn mkdir(&mut self, p: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(p)
+    }
+
+    fn symlink(&mut self, target: &str, link: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn pivot(&mut self, root: &Path) -> Result<()> {
+        nix::unistd::chdir(root).map_err(|e| Error::path("chdir", root, e.into()))?;
+        nix::unistd::pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", e))?;
+        // The old root is now stacked under the new one at "."; detach it.
+        umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
+        nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))
+    }
 }
 
 fn m(
+    sys: &mut dyn Sys,
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -229,14 +297,16 @@ fn m(
     data: Option<&str>,
     what: &str,
 ) -> Result<()> {
-    mount(src, target, fstype, flags, data).map_err(|e| Error::sys(what.to_string(), e))
+    sys.mount(src, target, fstype, flags, data)
+        .map_err(|e| Error::sys(what.to_string(), e))
 }
 
 /// Runs the plan with `root` (the merged union) as the new root; cwd is `/` afterwards.
-pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
+pub fn execute(root: &Path, steps: &[Step], sys: &mut dyn Sys) -> Result<()> {
     for step in steps {
         match step {
             Step::MakePrivate => m(
+                sys,
                 None,
                 Path::new("/"),
                 None,
@@ -245,6 +315,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 "make mounts private",
             )?,
             Step::Overlay(opts) => m(
+                sys,
                 Some(Path::new("overlay")),
                 root,
                 Some("overlay"),
@@ -253,6 +324,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 "mount overlay on the root",
             )?,
             Step::BindRoot => m(
+                sys,
                 Some(root),
                 root,
                 None,
@@ -266,22 +338,16 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 flags,
                 data,
             } => {
-                let fd = open_below(root, target)?;
+                let t = sys.open_below(root, target)?;
                 let data = (!data.is_empty()).then_some(*data);
-                let r = mount(
-                    Some(Path::new(fstype)),
-                    &fd_path(&fd),
-                    Some(*fstype),
-                    *flags,
-                    data,
-                );
-                match r {
+                match sys.mount(Some(Path::new(fstype)), &t.path, Some(fstype), *flags, data) {
                     Ok(()) => {}
                     // A user namespace that does not own the network namespace (rootless
                     // with --net host) may not mount sysfs: bind the host's instead.
                     Err(Errno::EPERM) if *fstype == "sysfs" => m(
+                        sys,
                         Some(Path::new("/sys")),
-                        &fd_path(&fd),
+                        &t.path,
                         None,
                         MsFlags::MS_BIND | MsFlags::MS_REC,
                         None,
@@ -293,21 +359,24 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
             Step::Touch(rel) => {
                 // In the tmpfs mounted by this plan: nothing of the image is below it.
                 let p = root.join(rel);
-                std::fs::File::create(&p).map_err(|e| Error::path("create", &p, e))?;
+                sys.create_file(&p)
+                    .map_err(|e| Error::path("create", &p, e))?;
             }
             Step::Mkdir(rel) => {
                 let p = root.join(rel);
-                std::fs::create_dir(&p).map_err(|e| Error::path("create", &p, e))?;
+                sys.mkdir(&p).map_err(|e| Error::path("create", &p, e))?;
             }
             Step::Symlink { target, link } => {
                 let p = root.join(link);
-                std::os::unix::fs::symlink(target, &p).map_err(|e| Error::path("create", &p, e))?;
+                sys.symlink(target, &p)
+                    .map_err(|e| Error::path("create", &p, e))?;
             }
             Step::Bind { src, target } => {
-                let fd = open_below(root, target)?;
+                let t = sys.open_below(root, target)?;
                 m(
+                    sys,
                     Some(src),
-                    &fd_path(&fd),
+                    &t.path,
                     None,
                     MsFlags::MS_BIND,
                     None,
@@ -315,17 +384,15 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 )?;
             }
             Step::Mask(rel) => {
-                let fd = match open_below(root, rel) {
-                    Ok(fd) => fd,
-                    // Not on this kernel: nothing to hide.
-                    Err(_) => continue,
+                // Not on this kernel: nothing to hide.
+                let Ok(t) = sys.open_below(root, rel) else {
+                    continue;
                 };
-                let st = nix::sys::stat::fstat(&fd)
-                    .map_err(|e| Error::sys(format!("stat /{rel}"), e))?;
-                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                if t.is_dir {
                     m(
+                        sys,
                         Some(Path::new("tmpfs")),
-                        &fd_path(&fd),
+                        &t.path,
                         Some("tmpfs"),
                         MsFlags::MS_RDONLY,
                         Some("size=0"),
@@ -333,8 +400,9 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                     )?;
                 } else {
                     m(
+                        sys,
                         Some(Path::new("/dev/null")),
-                        &fd_path(&fd),
+                        &t.path,
                         None,
                         MsFlags::MS_BIND,
                         None,
@@ -343,24 +411,24 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                 }
             }
             Step::ReadOnly(rel) => {
-                let Ok(fd) = open_below(root, rel) else {
+                let Ok(t) = sys.open_below(root, rel) else {
                     continue;
                 };
-                let p = fd_path(&fd);
                 m(
-                    Some(&p),
-                    &p,
+                    sys,
+                    Some(&t.path),
+                    &t.path,
                     None,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
                     &format!("bind /{rel}"),
                 )?;
                 // The bind is a new mount over the same place: reopen to reach it.
-                let fd2 = open_below(root, rel)?;
-                let p2 = fd_path(&fd2);
+                let t2 = sys.open_below(root, rel)?;
                 m(
+                    sys,
                     None,
-                    &p2,
+                    &t2.path,
                     None,
                     MsFlags::MS_BIND
                         | MsFlags::MS_REMOUNT
@@ -373,14 +441,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<()> {
                     &format!("make /{rel} read-only"),
                 )?;
             }
-            Step::Pivot => {
-                nix::unistd::chdir(root).map_err(|e| Error::path("chdir", root, e.into()))?;
-                nix::unistd::pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", e))?;
-                // The old root is now stacked under the new one at "."; detach it.
-                umount2(".", MntFlags::MNT_DETACH)
-                    .map_err(|e| Error::sys("detach the old root", e))?;
-                nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
-            }
+            Step::Pivot => sys.pivot(root)?,
         }
     }
     Ok(())
@@ -437,5 +498,90 @@ mod tests {
         assert_eq!(s.first(), Some(&Step::MakePrivate));
         assert!(matches!(s.get(1), Some(Step::Overlay(o)) if o.ends_with("userxattr")));
         assert_eq!(s.get(2), Some(&Step::BindRoot));
+    }
+
+    /// Records every call; targets are `ROOT/rel` and directories are the names given.
+    struct Recorder {
+        log: Vec<String>,
+        dirs: Vec<&'static str>,
+    }
+
+    impl Sys for Recorder {
+        fn mount(
+            &mut self,
+            src: Option<&Path>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> nix::Result<()> {
+            self.log.push(format!(
+                "mount {} {} {} {} {}",
+                src.map(|p| p.display().to_string()).unwrap_or("-".into()),
+                target.display(),
+                fstype.unwrap_or("-"),
+                format!("{flags:?}")
+                    .trim_start_matches("MsFlags(")
+                    .trim_end_matches(')'),
+                data.unwrap_or("-")
+            ));
+            Ok(())
+        }
+        fn open_below(&mut self, root: &Path, rel: &str) -> Result<Target> {
+            Ok(Target {
+                path: root.join(rel),
+                is_dir: self.dirs.contains(&rel),
+            })
+        }
+        fn create_file(&mut self, p: &Path) -> std::io::Result<()> {
+            self.log.push(format!("touch {}", p.display()));
+            Ok(())
+        }
+        fn mkdir(&mut self, p: &Path) -> std::io::Result<()> {
+            self.log.push(format!("mkdir {}", p.display()));
+            Ok(())
+        }
+        fn symlink(&mut self, target: &str, link: &Path) -> std::io::Result<()> {
+            self.log
+                .push(format!("symlink {} {target}", link.display()));
+            Ok(())
+        }
+        fn pivot(&mut self, root: &Path) -> Result<()> {
+            self.log.push(format!("pivot {}", root.display()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn execution_order_and_flags() {
+        let mut rec = Recorder {
+            log: Vec::new(),
+            dirs: vec!["proc/acpi", "proc/sys"],
+        };
+        let r = Path::new("/m");
+        execute(r, &plan(&spec()), &mut rec).unwrap_or_else(|e| panic!("{e}"));
+        let log = rec.log;
+        assert_eq!(log[0], "mount - / - MS_REC | MS_PRIVATE -");
+        assert_eq!(log[1], "mount /m /m - MS_BIND | MS_REC -");
+        assert_eq!(
+            log[2],
+            "mount proc /m/proc proc MS_NOSUID | MS_NODEV | MS_NOEXEC -"
+        );
+        assert_eq!(log.last().map(String::as_str), Some("pivot /m"));
+        let has = |l: &str| {
+            log.iter()
+                .position(|x| x == l)
+                .unwrap_or_else(|| panic!("{l} not in {log:#?}"))
+        };
+        let null = has("mount /dev/null /m/dev/null - MS_BIND -");
+        let kcore = has("mount /dev/null /m/proc/kcore - MS_BIND -");
+        has("mount tmpfs /m/proc/acpi tmpfs MS_RDONLY size=0");
+        let bind = has("mount /m/proc/sys /m/proc/sys - MS_BIND | MS_REC -");
+        let ro = has(
+            "mount - /m/proc/sys - MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_REMOUNT | MS_BIND | MS_REC -",
+        );
+        has("mount /c/hosts /m/etc/hosts - MS_BIND -");
+        has("symlink /m/dev/ptmx pts/ptmx");
+        assert!(null < kcore && bind < ro);
     }
 }

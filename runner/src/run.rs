@@ -9,7 +9,6 @@ use crate::cgroup::{self, Limits};
 use crate::cli::{NetArg, RunArgs};
 use crate::env;
 use crate::error::{Error, Result};
-use crate::fsutil::remove_tree;
 use crate::image::kernel::kernel_lowers;
 use crate::process::{self, ChildSpec};
 use crate::rootfs;
@@ -27,13 +26,15 @@ pub fn remove_container(store: &Store, name: &str) -> Result<()> {
     let merged = dir.join("merged");
     // A union left mounted by a killed runbox would make the removal fail half-way.
     if is_mount_point(&merged) {
-        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+        let _ = backend::Mounted::at(&merged, &dir.join("work")).unmount();
     }
+    // ... and its cgroup (empty once its processes died with it).
+    cgroup::remove_stale(name);
     let doomed = store
         .tmp()
         .join(format!("rm-{name}-{}-0", std::process::id()));
     fs::rename(&dir, &doomed).map_err(|e| Error::path("remove", &dir, e))?;
-    remove_tree(&doomed).map_err(|e| Error::path("remove", &doomed, e))
+    crate::userns::remove_container_tree(&doomed)
 }
 
 fn is_mount_point(p: &Path) -> bool {
@@ -120,6 +121,24 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     // Rootless: a user namespace maps the caller to root; the kernel's overlay is mounted
     // inside it with userxattr, FUSE goes through fusermount3.
     let rootless = !nix::unistd::geteuid().is_root();
+    let idmap = rootless.then(|| {
+        crate::userns::choose(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    if verbose {
+        match &idmap {
+            Some(crate::userns::IdMap::Ranges { subuid, .. }) => eprintln!(
+                "runbox: user namespace: you as 0, {}+{} as 1..{}",
+                subuid.0, subuid.1, subuid.1
+            ),
+            Some(_) => eprintln!(
+                "runbox: user namespace: only you, as 0 (no newuidmap or /etc/subuid range)"
+            ),
+            None => {}
+        }
+    }
     let name = args.name.clone().unwrap_or_else(generated_name);
     check_name("container", &name)?;
     check_name("image", &args.image)?;
@@ -157,18 +176,12 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
         name: (args.rm || !existed).then(|| name.clone()),
     };
 
-    let user = match args
+    let user = args
         .user
-        .as_deref()
-        .or((!cfg.user.is_empty()).then_some(cfg.user.as_str()))
-    {
-        Some(u) => Some(env::parse_user(u)?),
-        None => None,
-    };
-    if rootless && user.is_some_and(|u| u != (0, 0)) {
-        return Err(Error::usage(
-            "--user other than 0:0 needs root: a rootless container maps only your own ids",
-        ));
+        .clone()
+        .or((!cfg.user.is_empty()).then(|| cfg.user.clone()));
+    if let Some(u) = &user {
+        crate::user::check_spec(u)?;
     }
     let term = std::env::var("TERM").ok();
     let envv = env::build_env(&cfg.env, &args.env, &hostname, term.as_deref())?;
@@ -193,7 +206,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
     // A container killed with its runbox may have left its union mounted (we hold the
     // lock, so no live run uses it).
     if is_mount_point(&merged) {
-        let _ = backend::Mounted::at(&merged).unmount();
+        let _ = backend::Mounted::at(&merged, &work).unmount();
     }
 
     process::block_signals()?;
@@ -243,7 +256,7 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
                     .unionfs
                     .clone()
                     .ok_or_else(|| Error::usage("unionfs binary not found"))?;
-                backend::mount_fuse(&bin, &opts, &merged)?
+                backend::mount_fuse(&bin, &opts, &merged, &work)?
             }
             Backend::Kernel if rootless => Mounted::none(),
             Backend::Kernel => backend::mount_kernel(&opts, &merged)?,
@@ -253,17 +266,12 @@ pub fn run(store: &Store, args: RunArgs, verbose: bool) -> Result<i32> {
             steps: rootfs::plan(&etc),
             hostname: hostname.clone(),
             host_net: args.net == NetArg::Host,
-            user,
+            user: user.clone(),
             workdir: workdir.clone(),
             argv: argv.clone(),
             env: envv.clone(),
             cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
-            userns: rootless.then(|| {
-                (
-                    nix::unistd::geteuid().as_raw(),
-                    nix::unistd::getegid().as_raw(),
-                )
-            }),
+            userns: idmap.clone(),
         };
         let outcome = process::run(&spec);
         let unmounted = mounted.unmount();

@@ -109,7 +109,15 @@ impl Store {
     pub fn open(root: PathBuf) -> Result<Store> {
         for sub in ["images", "containers", "tmp"] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::path("create store directory", &p, e))?;
+            if !p.exists() {
+                fs::create_dir_all(&p).map_err(|e| Error::path("create store directory", &p, e))?;
+                // Image layers hold set-uid programs and device nodes, and a running
+                // container's root is mounted under containers/: other users of the host
+                // must not reach them (docker keeps its store 0710/0700 for this reason).
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| Error::path("restrict", &p, e))?;
+            }
         }
         let store = Store { root };
         store.sweep_tmp();
@@ -126,7 +134,7 @@ impl Store {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = tmp_owner(&name) {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = crate::fsutil::remove_tree(&e.path());
+                    let _ = crate::userns::remove_container_tree(&e.path());
                 }
             }
         }

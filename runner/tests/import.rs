@@ -85,6 +85,22 @@ fn plain_tar_keeps_metadata_links_and_nodes() {
     h.set_device_minor(3).unwrap_or_else(|e| panic!("{e}"));
     b.append_data(&mut h, "dev/null", std::io::empty())
         .unwrap_or_else(|e| panic!("{e}"));
+    // Owner and mtime beyond the header fields' range, as pax records.
+    b.append_pax_extensions([
+        ("uid", &b"3000000"[..]),
+        ("gid", &b"3000001"[..]),
+        ("mtime", &b"1700000000.123456"[..]),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(2);
+    b.append_data(&mut h, "bigids", &b"ok"[..])
+        .unwrap_or_else(|e| panic!("{e}"));
     // An xattr, as a pax extension before its member.
     b.append_pax_extensions([("SCHILY.xattr.user.test", &b"v1"[..])])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +133,11 @@ fn plain_tar_keeps_metadata_links_and_nodes() {
         let null = std::fs::symlink_metadata(l.join("dev/null")).unwrap_or_else(|e| panic!("{e}"));
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), libc::makedev(1, 3));
+        let big = std::fs::symlink_metadata(l.join("bigids")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (big.uid(), big.gid(), big.mtime()),
+            (3_000_000, 3_000_001, 1_700_000_000)
+        );
     } else {
         eprintln!("SKIPPED owner and device-node checks: need root");
     }
@@ -327,4 +348,89 @@ fn refuses_truncated_and_non_tar() {
         "only the header: {}",
         text(&out.stdout)
     );
+}
+
+#[test]
+fn docker_save_with_a_linked_layer() {
+    // docker save writes a layer identical to an earlier one as a symlink to it.
+    let root = Root::new("imp-linked");
+    let l0 = tar_of(&[E::File("a", b"one")]);
+    let l1 = tar_of(&[E::File("b", b"two")]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        b.append_data(&mut h, name, data)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    add("l0/layer.tar", &l0);
+    add("l1/layer.tar", &l1);
+    add("c.json", &image_config(&[], &["sh"], ""));
+    add(
+        "manifest.json",
+        br#"[{"Config":"c.json","Layers":["l0/layer.tar","l1/layer.tar","l2/layer.tar"]}]"#,
+    );
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(1);
+    b.append_link(&mut h, "l2/layer.tar", "../l0/layer.tar")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = b.into_inner().unwrap_or_else(|e| panic!("{e}"));
+    root.import_ok("linked", &data);
+    assert_eq!(
+        std::fs::read(root.layer("linked", 2).join("a")).unwrap_or_default(),
+        b"one"
+    );
+    assert_eq!(
+        std::fs::read(root.layer("linked", 1).join("b")).unwrap_or_default(),
+        b"two"
+    );
+}
+
+#[test]
+fn gnu_pax_sparse_files() {
+    // What `tar -S --format=posix` writes: pax keys naming the real file and size, and a
+    // map (count, offset/size pairs) before the data chunks.
+    let root = Root::new("imp-sparse");
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", &b"0"[..]),
+        ("GNU.sparse.name", &b"./big"[..]),
+        ("GNU.sparse.realsize", &b"3000000"[..]),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut data = b"2\n0\n4\n2999995\n5\n".to_vec();
+    data.resize(512, 0);
+    data.extend_from_slice(b"headtail\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "./GNUSparseFile.0/big", data.as_slice())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let archive = b.into_inner().unwrap_or_else(|e| panic!("{e}"));
+    root.import_ok("sparse", &archive);
+    let l = root.layer("sparse", 0);
+    assert!(
+        !l.join("GNUSparseFile.0").exists(),
+        "stored under its real name"
+    );
+    let got = std::fs::read(l.join("big")).unwrap_or_default();
+    assert_eq!(got.len(), 3_000_000);
+    assert_eq!(&got[..4], b"head");
+    assert_eq!(&got[2_999_995..], b"tail\n");
+    assert!(got[4..2_999_995].iter().all(|b| *b == 0));
+    let blocks = std::fs::metadata(l.join("big"))
+        .map(|m| m.blocks())
+        .unwrap_or(u64::MAX);
+    assert!(blocks < 100, "holes kept: {blocks} blocks");
 }

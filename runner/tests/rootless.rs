@@ -141,6 +141,54 @@ fn rootless_kernel_run() {
     );
     let out = as_user(&root, &["rm", &name], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // With newuidmap and a /etc/subuid range, other ids exist in the container: --user
+    // works, its files belong to the range on the host, and rm can still remove them.
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let start: Option<u32> = subuid
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{USER}:")))
+        .and_then(|r| r.split(':').next())
+        .and_then(|s| s.parse().ok());
+    let (true, Some(start)) = (std::path::Path::new("/usr/bin/newuidmap").exists(), start) else {
+        eprintln!("SKIPPED rootless --user part: no newuidmap (Debian's uidmap) or /etc/subuid range for {USER}");
+        return;
+    };
+    let out = as_user(
+        &root,
+        &[
+            "run",
+            "--name",
+            &name,
+            "bb",
+            "sh",
+            "-c",
+            "mkdir /w && chown 1000:1000 /w",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = as_user(
+        &root,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--user",
+            "1000:1000",
+            "bb",
+            "sh",
+            "-c",
+            "mkdir -m 700 /w/d; touch /w/d/f; id -u; id -g",
+        ],
+        None,
+    );
+    assert_eq!(text(&out.stdout), "1000\n1000\n", "{}", text(&out.stderr));
+    let d = root.upper(&name).join("w/d/f");
+    assert_eq!(d.metadata().map(|m| m.uid()).ok(), Some(start + 999));
+    let out = as_user(&root, &["rm", &name], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!root.path.join("containers").join(&name).exists());
 }
 
 /// FUSE without privileges: unionfs mounts through fusermount3. This machine's /dev/fuse is

@@ -352,6 +352,12 @@ fn signals(b: &str) {
         "{}",
         text(&out.stderr)
     );
+    // A second run of the same name while the first runs is refused in one line.
+    let out = run(&root, b, &["--name", &name, "bb", "true"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is running"), "{err}");
     let t = Instant::now();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -487,7 +493,15 @@ fn user_env_workdir(b: &str) {
         &["sh", "-c", "echo $GREETING from $(pwd)"],
         "/work",
     );
-    let layer = busybox_tar(&[E::Dir("work")]);
+    let layer = busybox_tar(&[
+        E::Dir("work"),
+        E::Dir("etc"),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:web:/var/www:/bin/sh\n",
+        ),
+        E::File("etc/group", b"root:x:0:\nwww:x:34:\nadm:x:4:www\n"),
+    ]);
     root.import_ok("cfg", &docker_save(&[layer], &cfg));
     let s = ok(&run(&root, b, &["--rm", "--name", &name, "cfg"]));
     assert_eq!(s, "hello from /work\n", "image defaults");
@@ -511,6 +525,42 @@ fn user_env_workdir(b: &str) {
         ],
     ));
     assert_eq!(s, "hi /bin 1000 1001 1001\n");
+    let s = ok(&run(
+        &root,
+        b,
+        &[
+            "--rm",
+            "--name",
+            &name,
+            "--user",
+            "www",
+            "cfg",
+            "sh",
+            "-c",
+            "echo $(id -u) $(id -g) $(id -G) $HOME",
+        ],
+    ));
+    assert_eq!(
+        s, "33 34 34 4 /var/www\n",
+        "a user name from the image's /etc/passwd"
+    );
+    let out = run(
+        &root,
+        b,
+        &["--rm", "--name", &name, "--user", "nobody", "cfg", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("nobody"),
+        "{}",
+        text(&out.stderr)
+    );
+    let s = ok(&run(
+        &root,
+        b,
+        &["--rm", "--name", &name, "cfg", "sh", "-c", "echo $HOME"],
+    ));
+    assert_eq!(s, "/root\n");
 }
 both!(user_env_workdir);
 
@@ -540,6 +590,53 @@ fn net_host(b: &str) {
     assert_eq!(s.trim(), want.to_string(), "the host's interfaces");
 }
 both!(net_host);
+
+fn killed_runbox_then_rm(b: &str) {
+    let Some(mut root) = start(&format!("killed-{b}"), &[]) else {
+        return;
+    };
+    let name = root.name(&format!("killed-{b}"));
+    let secs = format!("8{}{}", std::process::id(), b.len());
+    let mut child = root
+        .cmd(&[
+            "run",
+            "--backend",
+            b,
+            "--memory",
+            "64m",
+            "--name",
+            &name,
+            "bb",
+            "sleep",
+            &secs,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_pid(&["sleep", &secs]);
+    let _ = child.kill();
+    let _ = child.wait();
+    // The command dies with runbox (parent-death signals), the mount and cgroup stay.
+    let t = Instant::now();
+    while find_pid(&["sleep", &secs]).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the command outlived runbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = ok(&root.run(&["ps"]));
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&name) && l.contains("dead")),
+        "{ps}"
+    );
+    // rm cleans up what the killed runbox left: the union, the daemon, the cgroup.
+    ok(&root.run(&["rm", &name]));
+    assert!(!root.path.join("containers").join(&name).exists());
+}
+both!(killed_runbox_then_rm);
 
 /// `run --trace` (no FILE): the union's events on runbox's stderr, with the command's
 /// own stderr; the kernel backend has no trace and says so in one line.

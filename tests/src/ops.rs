@@ -828,6 +828,35 @@ impl Ops {
         self.rec(format!("lsattr {}", esc(p)), r)
     }
 
+    /// `FS_IOC_FSGETXATTR`: `ok xflags=0x.. projid=N`.
+    pub fn fsxattr(&mut self, p: impl AsRef<[u8]>) -> String {
+        let p = p.as_ref();
+        let r = match sys::fsgetxattr(&self.path(p)) {
+            Ok(v) => {
+                let word = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+                format!("ok xflags={:#x} projid={}", word(0), word(12))
+            }
+            Err(e) => en(e),
+        };
+        self.rec(format!("fsxattr {}", esc(p)), r)
+    }
+
+    /// `FS_IOC_FSGETXATTR`, then `FS_IOC_FSSETXATTR` with `set` added to and `clear` taken
+    /// from the xflags (as `xfs_io -c 'chattr +a'` does).
+    pub fn fsxattr_set(&mut self, p: impl AsRef<[u8]>, set: u32, clear: u32) -> String {
+        let p = p.as_ref();
+        let path = self.path(p);
+        let r = match sys::fsgetxattr(&path) {
+            Ok(mut v) => {
+                let x = (u32::from_le_bytes([v[0], v[1], v[2], v[3]]) | set) & !clear;
+                v[..4].copy_from_slice(&x.to_le_bytes());
+                ok(sys::fssetxattr(&path, &v))
+            }
+            Err(e) => format!("get:{}", en(e)),
+        };
+        self.rec(format!("fsxattr_set {} +{set:#x} -{clear:#x}", esc(p)), r)
+    }
+
     // ---- directories -------------------------------------------------------------
 
     /// readdir: `ok [a,b,c]` (sorted, without . and ..) followed by

@@ -215,17 +215,43 @@ impl Drop for DirStream {
 /// `FS_IOC_GETFLAGS` of a regular file or directory (`lsattr`'s flags).
 pub fn get_flags(path: &Path) -> Result<u32, Errno> {
     use std::os::fd::AsRawFd;
-    let fd = nix::fcntl::open(
+    let fd = open_for_flags(path)?;
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which points to `v`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS as _, &mut v) };
+    Errno::result(r)?;
+    Ok(v as u32)
+}
+
+/// `FS_IOC_FSGETXATTR`: the 28-byte `struct fsxattr` (xflags first, project id at 12).
+pub fn fsgetxattr(path: &Path) -> Result<[u8; 28], Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = open_for_flags(path)?;
+    let mut v = [0u8; 28];
+    // SAFETY: FS_IOC_FSGETXATTR (_IOR('X', 31, struct fsxattr)) writes 28 bytes to the
+    // pointer, which points to a buffer of that size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), 0x801c_581f_u32 as _, v.as_mut_ptr()) };
+    Errno::result(r)?;
+    Ok(v)
+}
+
+/// `FS_IOC_FSSETXATTR` with a `struct fsxattr` as `fsgetxattr` returns it.
+pub fn fssetxattr(path: &Path, v: &[u8; 28]) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = open_for_flags(path)?;
+    // SAFETY: FS_IOC_FSSETXATTR (_IOW('X', 32, struct fsxattr)) reads 28 bytes from the
+    // pointer, which points to a buffer of that size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), 0x401c_5820_u32 as _, v.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+fn open_for_flags(path: &Path) -> Result<std::os::fd::OwnedFd, Errno> {
+    nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_RDONLY
             | nix::fcntl::OFlag::O_NONBLOCK
             | nix::fcntl::OFlag::O_NOFOLLOW
             | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
-    )?;
-    let mut v: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which points to `v`.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS as _, &mut v) };
-    Errno::result(r)?;
-    Ok(v as u32)
+    )
 }

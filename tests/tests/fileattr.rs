@@ -73,6 +73,42 @@ fn lsattr_and_chattr_on_lower_and_upper() {
         });
 }
 
+/// The same through `FS_IOC_FSGETXATTR`/`FSSETXATTR` (xflags: append 0x10, immutable
+/// 0x8, noatime 0x40), as `xfs_io` and `chattr -p` use them.
+#[test]
+fn fsxattr_get_and_set() {
+    if !difftests::scenario::require_one_fs("fsxattr_get_and_set", NO_FLAGS_ON_TMPFS) {
+        return;
+    }
+    Scenario::new("fsxattr_get_and_set")
+        .lower(flagged())
+        .upper(Tree::new().file("up", 0o644, "up\n"))
+        .run(|o| {
+            for p in ["plain", "app", "imm", "noat", "idir", "up"] {
+                o.fsxattr(p);
+            }
+            for (p, set, clear) in [
+                ("plain", 0x10, 0),
+                ("up", 0x40 | 0x8, 0),
+                ("up", 0, 0x8),
+                ("noat", 0, 0x40),
+                ("imm", 0, 0x8),
+            ] {
+                o.fsxattr_set(p, set, clear);
+                o.want("ok");
+                o.fsxattr(p);
+                o.lsattr(p);
+            }
+            o.append("plain", "more\n");
+            o.want("ok");
+            o.write("plain", "over\n");
+            o.want("open:EPERM");
+            o.fsxattr_set("plain", 0, 0x10);
+            o.write("imm", "over\n");
+            o.want("ok");
+        });
+}
+
 /// A lower file with noatime, append-only or immutable keeps it across copy-ups: of the
 /// file itself (where allowed) and of its directory.
 #[test]
@@ -147,6 +183,9 @@ fn append_only_and_immutable_are_enforced() {
                 o.want("EPERM");
                 o.utimes(p, 5, 5);
                 o.want("EPERM");
+                // to now: allowed on an append-only file
+                o.utimens(p, (0, libc::UTIME_NOW), (0, libc::UTIME_NOW));
+                o.want("ok");
                 o.setxattr(p, "user.k", "v");
                 o.want("EPERM");
                 o.unlink(p);
@@ -163,6 +202,8 @@ fn append_only_and_immutable_are_enforced() {
                 o.chmod(p, 0o600);
                 o.want("EPERM");
                 o.chown(p, 1000, 1000);
+                o.want("EPERM");
+                o.utimens(p, (0, libc::UTIME_NOW), (0, libc::UTIME_NOW));
                 o.want("EPERM");
                 o.removexattr(p, "user.k");
                 o.unlink(p);

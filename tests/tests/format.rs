@@ -143,3 +143,65 @@ fn kernel_then_unionfs_prepopulated_upper() {
         prepop_script,
     );
 }
+
+/// Inode numbers of copied-up files, a merged directory and a new file, read on `t`,
+/// then again after an unmount and a remount with `t` (a fresh workdir): `stat` must show
+/// the same numbers, as the kernel's overlay does (its origin records carry them).
+fn inos_across_remount(t: Target) -> (Vec<u64>, Vec<u64>) {
+    use difftests::fixture::Layout;
+    use std::os::unix::fs::MetadataExt;
+    let mut layout = Layout::build(
+        &format!("ino_remount_{t:?}"),
+        &[lower(), lower2()],
+        None,
+        true,
+    );
+    let names = ["f", "d", "d/a", "d/c", "new"];
+    let inos = |m: &std::path::Path| -> Vec<u64> {
+        names
+            .iter()
+            .map(|n| {
+                std::fs::symlink_metadata(m.join(n))
+                    .unwrap_or_else(|e| panic!("lstat {n}: {e}"))
+                    .ino()
+            })
+            .collect()
+    };
+    let before = {
+        let mut g = layout
+            .mount(t)
+            .unwrap_or_else(|e| panic!("mount {t:?}: {e}"));
+        for n in ["f", "d/a", "d/c"] {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(g.path().join(n))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+                .unwrap_or_else(|e| panic!("append {n}: {e}"));
+        }
+        std::fs::write(g.path().join("new"), "new").unwrap_or_else(|e| panic!("{e}"));
+        let v = inos(g.path());
+        g.unmount().unwrap_or_else(|e| panic!("{e}"));
+        v
+    };
+    layout.fresh_workdir();
+    let mut g = layout
+        .mount(t)
+        .unwrap_or_else(|e| panic!("remount {t:?}: {e}"));
+    let after = inos(g.path());
+    g.unmount().unwrap_or_else(|e| panic!("{e}"));
+    (before, after)
+}
+
+#[test]
+fn copied_up_inode_numbers_survive_remount() {
+    if !difftests::scenario::require_root("copied_up_inode_numbers_survive_remount") {
+        return;
+    }
+    let (kb, ka) = inos_across_remount(Target::Kernel);
+    assert_eq!(kb, ka, "the kernel's overlay keeps them (reference)");
+    let (ub, ua) = inos_across_remount(target());
+    assert_eq!(
+        ub, ua,
+        "st_ino of f, d, d/a, d/c, new before and after a remount"
+    );
+}

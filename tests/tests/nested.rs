@@ -148,3 +148,35 @@ fn nested_unions_keep_the_outer_markers() {
         &run(Target::Unionfs, Target::Kernel),
     );
 }
+
+/// The escaping itself, with `-o userxattr`: a user's `user.overlay.X` is stored as
+/// `user.overlay.overlay.X` and shown as it was set; `trusted.overlay.*` is then no marker
+/// and stays as it is. Against the kernel's overlay, also the upper layer.
+#[test]
+fn userxattr_escapes_the_users_overlay_xattrs() {
+    difftests::Scenario::new("userxattr_escapes_the_users_overlay_xattrs")
+        .lower(Tree::new().file("f", 0o644, "f\n").dir("d", 0o755).xattr(
+            "d",
+            "user.overlay.overlay.opaque",
+            "y",
+        ))
+        .mount_opts("userxattr")
+        .run(|o| {
+            o.listxattr("d");
+            o.getxattr("d", "user.overlay.opaque");
+            o.want("ok \"y\"");
+            o.setxattr("f", "user.overlay.opaque", "y");
+            o.want("ok");
+            o.setxattr("f", "user.overlay.mine", "v");
+            o.setxattr("f", "trusted.overlay.other", "t");
+            o.listxattr("f");
+            o.getxattr("f", "user.overlay.mine");
+            o.want("ok \"v\"");
+            o.removexattr("f", "user.overlay.opaque");
+            o.want("ok");
+            o.listxattr("f");
+            o.mkdir("n", 0o755);
+            o.setxattr("n", "user.overlay.opaque", "y");
+            o.readdir("n");
+        });
+}

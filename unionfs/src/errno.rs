@@ -27,6 +27,7 @@ impl Errno {
     pub const ENOTSUP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENOSYS: Errno = Errno(libc::ENOSYS);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
 }
 
 impl fmt::Debug for Errno {

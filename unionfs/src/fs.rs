@@ -121,7 +121,9 @@ fn dtype(t: nix::dir::Type) -> FileType {
     }
 }
 
-fn fattr(a: &Attr) -> FileAttr {
+/// The attributes the kernel gets, owners as the union shows them (`idmap`).
+fn fattr(fs: &UnionFs, a: &Attr) -> FileAttr {
+    let (uid, gid) = fs.config.idmap.shown(a.uid, a.gid);
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -133,8 +135,8 @@ fn fattr(a: &Attr) -> FileAttr {
         kind: kind(a.mode),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid,
+        gid,
         rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
@@ -163,9 +165,9 @@ fn settime(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+fn entry(fs: &UnionFs, reply: ReplyEntry, r: Result<Attr, Errno>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+        Ok(a) => reply.entry(&TTL, &fattr(fs, &a), Generation(0)),
         Err(e) => reply.error(e.into()),
     }
 }
@@ -201,7 +203,7 @@ impl FuseAdapter {
             .fs
             .create_obj(&c, parent.0, name, obj)
             .map(|(_, a, _)| a);
-        entry(reply, r);
+        entry(&self.fs, reply, r);
     }
 }
 
@@ -273,9 +275,10 @@ impl Filesystem for FuseAdapter {
         // without this it would ignore them, and an ACL that denies would not (issue 15).
         // It then leaves the umask to us (`DONT_MASK`): the upper filesystem applies it
         // only where the directory has no default ACL.
-        if config
-            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
-            .is_err()
+        if !self.fs.config.noacl
+            && config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+                .is_err()
         {
             log::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced");
         }
@@ -293,7 +296,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok((_, a)) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok((_, a)) => reply.entry(&TTL, &fattr(&self.fs, &a), Generation(0)),
             // A negative entry (node id 0) with a TTL: the kernel caches the miss.
             Err(Errno(libc::ENOENT)) => {
                 reply.entry(&TTL, &blank_attr(0), Generation(0));
@@ -308,7 +311,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.retry(|| self.fs.getattr(ino.0, fh.map(|f| f.0))) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&TTL, &fattr(&self.fs, &a)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -345,7 +348,7 @@ impl Filesystem for FuseAdapter {
             let r = fs.retry(|| fs.setattr(ino.0, a));
             fs.flush_invalidations(true);
             match r {
-                Ok(a) => reply.attr(&TTL, &fattr(&a)),
+                Ok(a) => reply.attr(&TTL, &fattr(fs, &a)),
                 Err(e) => reply.error(e.into()),
             }
         });
@@ -439,6 +442,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         entry(
+            &self.fs,
             reply,
             self.fs
                 .retry(|| self.fs.link(ino.0, newparent.0, newname))
@@ -506,7 +510,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         if wf.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.fs.kill_setid_of(ino.0, &ctx(req)) {
+            if let Err(e) = self.fs.retry(|| self.fs.kill_setid_of(ino.0, &ctx(req))) {
                 return reply.error(e.into());
             }
         }
@@ -619,7 +623,7 @@ impl Filesystem for FuseAdapter {
                     it.next,
                     it.name,
                     &TTL,
-                    &fattr(&a),
+                    &fattr(&self.fs, &a),
                     Generation(0),
                 );
                 if full {
@@ -748,7 +752,7 @@ impl Filesystem for FuseAdapter {
             Ok(p) => p,
             Err(e) => return reply.error(e.into()),
         };
-        let attr = fattr(&a);
+        let attr = fattr(&self.fs, &a);
         match open_reply(&self.fs, node.ino, opened, path) {
             (fh, fl, Some(id)) => {
                 reply.created_passthrough(&TTL, &attr, Generation(0), fh, fl, &id)
@@ -774,7 +778,9 @@ impl Filesystem for FuseAdapter {
         reply: fuser::ReplyIoctl,
     ) {
         // File flags (chattr/lsattr); any other command gets ENOTTY.
-        let r = self.fs.fileattr_ioctl(ino.0, cmd, in_data);
+        let r = self
+            .fs
+            .retry(|| self.fs.fileattr_ioctl(ino.0, cmd, in_data));
         self.fs.flush_invalidations(true);
         match r {
             Ok(out) if out.len() > out_size as usize => reply.error(Errno::EINVAL.into()),

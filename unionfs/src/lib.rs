@@ -11,6 +11,7 @@ pub mod errno;
 pub mod explain;
 pub mod fs;
 pub mod handle;
+pub mod idmap;
 pub mod inode;
 pub mod killpriv;
 pub mod layer;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let opts = match options::parse_args(args) {
-        Ok(ParseOutcome::Run(o)) => o,
+        Ok(ParseOutcome::Run(o)) => *o,
         Ok(ParseOutcome::Exit(text, code)) => {
             print!("{text}");
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
@@ -114,9 +114,6 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         Ok(l) => l,
         Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
     };
-    if opts.noacl || opts.squash_to_root {
-        log::warn!("noacl and squash_to_root are not implemented yet; ignored");
-    }
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
     let config = Config {
@@ -128,6 +125,8 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }),
         dir_fd_budget: 0,
         xino_on: opts.xino_on,
+        noacl: opts.noacl,
+        idmap: opts.idmap.clone(),
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

@@ -153,8 +153,9 @@ pub struct Options {
     pub threads: Option<usize>,
     /// `noacl`: do not expose POSIX ACL xattrs.
     pub noacl: bool,
-    /// `squash_to_root` (fuse-overlayfs): every file appears owned by root.
-    pub squash_to_root: bool,
+    /// `uidmapping=`, `gidmapping=`, `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`
+    /// (fuse-overlayfs): how owners on disk show through the union.
+    pub idmap: crate::idmap::IdMap,
     /// In command-line order, exact repeats dropped. `Ro` is appended when there is no upperdir.
     pub kernel_opts: Vec<KernelOpt>,
     /// The last of `ro`/`rw` was `ro`, or there is no upperdir.
@@ -170,7 +171,7 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseOutcome {
     /// Mount with these options.
-    Run(Options),
+    Run(Box<Options>),
     /// `--help` or `--version`: print the text on stdout and exit with the code (always 0).
     Exit(String, i32),
 }
@@ -223,14 +224,22 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          With trace: lookup also writes every lookup and the layer that
                          answered it (event=lookup path=/etc shown=upper type=dir
                          layers=upper,lower0). Default: events.
-  noacl, squash_to_root  Accepted for fuse-overlayfs compatibility; not implemented yet (a
-                         warning).
+  noacl                  POSIX ACLs are neither enforced nor shown (as fuse-overlayfs).
+  uidmapping=C:H:L[:C2:H2:L2...], gidmapping=...
+                         Owner translation (fuse-overlayfs's syntax; a leading ':' is
+                         allowed): ids C..C+L stored in the layers show as H..H+L, and
+                         chown and creation store them back. A stored id no range covers
+                         shows as 65534 and cannot be written (EINVAL; creating by a caller
+                         outside every range gives EOVERFLOW). Ranges must not overlap.
+  squash_to_root, squash_to_uid=N, squash_to_gid=N
+                         Every file shows as owned by root, or by uid/gid N (these win over
+                         squash_to_root and over the mappings; what is stored is unchanged).
   xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
                          value (FUSE has one st_dev). With on, as the kernel's overlay,
                          a new directory in a merged one is made opaque.
   index=off, metacopy=off
                          Accepted for kernel overlayfs compatibility; no effect.
-                         index=on, metacopy=on, uidmapping= and gidmapping= are refused.
+                         index=on and metacopy=on are refused.
 Mount options passed to the kernel:
   allow_other, allow_root, default_permissions, ro, rw, nodev, dev, nosuid, suid, noexec, exec,
   noatime, atime, sync, async, dirsync
@@ -300,7 +309,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<ParseOutc
         }
     }
     b.finish(mountpoint, cli.foreground || cli.debug, cli.debug)
-        .map(ParseOutcome::Run)
+        .map(|o| ParseOutcome::Run(Box::new(o)))
 }
 
 /// clap renders several lines (message, usage, tip); keep the message part on one line.
@@ -396,6 +405,7 @@ struct Builder {
     threads: Option<usize>,
     noacl: bool,
     squash_to_root: bool,
+    idmap: crate::idmap::IdMap,
     kernel_opts: Vec<KernelOpt>,
     warnings: Vec<String>,
     trace: bool,
@@ -599,10 +609,43 @@ impl Builder {
                     }
                 }
             }
-            // Refused rather than ignored: silently ignoring an id mapping would show wrong
-            // owners and write files with the wrong ids.
             b"uidmapping" | b"gidmapping" => {
-                return err(format!("option '{shown}' is not supported"));
+                let uid = key == b"uidmapping";
+                self.once(if uid { "uidmapping" } else { "gidmapping" }, &shown)?;
+                let v = String::from_utf8_lossy(value_of(&shown)?).into_owned();
+                let ranges = crate::idmap::Ranges::parse(&v)
+                    .map_err(|e| OptionsError(format!("invalid {shown}: {e}")))?;
+                if uid {
+                    self.idmap.uids = ranges;
+                } else {
+                    self.idmap.gids = ranges;
+                }
+            }
+            b"squash_to_uid" | b"squash_to_gid" => {
+                let uid = key == b"squash_to_uid";
+                self.once(
+                    if uid {
+                        "squash_to_uid"
+                    } else {
+                        "squash_to_gid"
+                    },
+                    &shown,
+                )?;
+                let v = value_of(&shown)?;
+                let id = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        OptionsError(format!(
+                            "invalid value '{}' for {shown} (expected an id)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    })?;
+                if uid {
+                    self.idmap.squash_uid = Some(id);
+                } else {
+                    self.idmap.squash_gid = Some(id);
+                }
             }
             _ => self.warnings.push(format!(
                 "unknown option '{}' ignored",
@@ -663,7 +706,12 @@ impl Builder {
             passthrough: self.passthrough,
             threads: self.threads,
             noacl: self.noacl,
-            squash_to_root: self.squash_to_root,
+            idmap: crate::idmap::IdMap {
+                // squash_to_uid/gid take precedence over squash_to_root, as in fuse-overlayfs.
+                squash_uid: self.idmap.squash_uid.or(self.squash_to_root.then_some(0)),
+                squash_gid: self.idmap.squash_gid.or(self.squash_to_root.then_some(0)),
+                ..self.idmap
+            },
             kernel_opts: self.kernel_opts,
             read_only,
             warnings: self.warnings,
@@ -919,7 +967,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Options {
         match parse(args) {
-            Ok(ParseOutcome::Run(o)) => o,
+            Ok(ParseOutcome::Run(o)) => *o,
             other => panic!("expected Run for {args:?}, got {other:?}"),
         }
     }
@@ -1137,7 +1185,8 @@ mod tests {
             "lowerdir=/a,upperdir=/u,workdir=/w,volatile,redirect_dir=nofollow,passthrough,threads=4,noacl,squash_to_root",
             "/m",
         ]);
-        assert!(o.volatile && o.noacl && o.squash_to_root);
+        assert!(o.volatile && o.noacl);
+        assert_eq!((o.idmap.squash_uid, o.idmap.squash_gid), (Some(0), Some(0)));
         assert_eq!(o.redirect_dir, RedirectDir::NoFollow);
         assert_eq!(o.passthrough, Some(Passthrough::Upper));
         assert_eq!(o.threads, Some(4));
@@ -1202,8 +1251,24 @@ mod tests {
             fail(&["-o", "lowerdir=/a,metacopy=on", "/m"]),
             "metacopy=on is not supported"
         );
-        assert!(fail(&["-o", "lowerdir=/a,uidmapping=0:1000:1", "/m"]).contains("not supported"));
-        assert!(fail(&["-o", "lowerdir=/a,gidmapping=0:1000:1", "/m"]).contains("not supported"));
+    }
+
+    #[test]
+    fn id_mappings_as_podman_passes_them() {
+        // containers-storage's mount program call: an empty option and a leading ':'.
+        let o = run(&[
+            "-o",
+            "lowerdir=/a,upperdir=/u,workdir=/w,,uidmapping=:0:100000:65536,gidmapping=:0:100000:65536",
+            "/m",
+        ]);
+        assert_eq!(o.idmap.uids.to_shown(0), 100000);
+        assert_eq!(o.idmap.gids.to_shown(65535), 165535);
+        assert_eq!(o.idmap.uids.to_shown(65536), crate::idmap::OVERFLOW);
+        let o = run(&["-o", "lowerdir=/a,squash_to_root,squash_to_uid=7", "/m"]);
+        assert_eq!((o.idmap.squash_uid, o.idmap.squash_gid), (Some(7), Some(0)));
+        assert!(fail(&["-o", "lowerdir=/a,uidmapping=0:1000", "/m"]).contains("invalid uidmapping"));
+        assert!(fail(&["-o", "lowerdir=/a,gidmapping=0:10:5:3:12:5", "/m"]).contains("overlap"));
+        assert!(fail(&["-o", "lowerdir=/a,squash_to_uid=x", "/m"]).contains("squash_to_uid"));
     }
 
     #[test]

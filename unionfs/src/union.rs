@@ -39,6 +39,11 @@ pub struct Config {
     pub dir_fd_budget: usize,
     /// `xino=on` (see `Options::xino_on`).
     pub xino_on: bool,
+    /// `noacl`: the kernel does not enforce POSIX ACLs, and their xattrs are not shown
+    /// (copy-up still keeps them in the upper layer).
+    pub noacl: bool,
+    /// How owners on disk show through the union (`uidmapping=`, `squash_to_*`).
+    pub idmap: crate::idmap::IdMap,
 }
 
 /// Attributes as the union shows them.

@@ -1169,3 +1169,61 @@ fn passthrough_all_lower_reader_keeps_lower_after_copyup() {
         );
     }
 }
+
+/// `noacl` (as fuse-overlayfs): ACL xattrs are neither shown nor settable through the
+/// union, where without it they are; copy-up still keeps a lower file's ACL in upper.
+#[test]
+fn noacl_hides_acl_xattrs() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Scratch::new("cli-noacl");
+    s.mkdirs(&["l", "u", "w", "m"]);
+    fs::write(s.path("l/f"), "lower\n").unwrap_or_else(|e| panic!("write l/f: {e}"));
+    let acl = "u::rw-,u:1000:---,g::r--,m::r--,o::r--";
+    let out = run_tool(
+        "setfacl",
+        &["--set", acl, &s.path("l/f").display().to_string()],
+    );
+    assert!(out.status.success(), "setfacl on the lower file: {out:?}");
+    let getfattr = |p: &Path| {
+        run_tool(
+            "getfattr",
+            &["-n", "system.posix_acl_access", &p.display().to_string()],
+        )
+    };
+    let l = s.path("l").display().to_string();
+    for (extra, shown) in [("", true), ("noacl", false)] {
+        let mut m = mount_unionfs(&l, &s.path("u"), &s.path("w"), &s.path("m"), extra);
+        let out = getfattr(&s.path("m/f"));
+        assert_eq!(
+            out.status.success(),
+            shown,
+            "-o {extra:?}: getfattr: {out:?}"
+        );
+        let set = run_tool(
+            "setfacl",
+            &["-m", "u:1001:r", &s.path("m/f").display().to_string()],
+        );
+        assert_eq!(
+            set.status.success(),
+            shown,
+            "-o {extra:?}: setfacl: {set:?}"
+        );
+        if !shown {
+            // a copy-up (append) keeps the lower ACL in upper
+            fs::OpenOptions::new()
+                .append(true)
+                .open(s.path("m/f"))
+                .and_then(|mut f| f.write_all(b"more\n"))
+                .unwrap_or_else(|e| panic!("append m/f: {e}"));
+        }
+        m.unmount();
+        assert!(wait_workdir_unlocked(&s.path("w")), "daemon did not exit");
+        if !shown {
+            let out = getfattr(&s.path("u/f"));
+            assert!(out.status.success(), "the copy lost its ACL: {out:?}");
+        }
+        fs::remove_file(s.path("u/f")).unwrap_or_else(|e| panic!("rm u/f: {e}"));
+    }
+}

@@ -24,6 +24,7 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 
 use super::paths::components;
 use super::progress::Progress;
+use super::sparse;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -121,21 +122,58 @@ fn show(comps: &[OsString]) -> String {
     v.join("/")
 }
 
-fn meta_of(h: &tar::Header) -> Result<Meta> {
+/// Owner, mode and mtime from the header, overridden by the pax records `uid`, `gid` and
+/// `mtime` (which carry values the header fields cannot hold; an mtime may have a
+/// fraction, and may be negative).
+fn meta_of(h: &tar::Header, pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Meta> {
     let bad = |what: &str, e: io::Error| Error::refused(format!("bad {what} in tar header: {e}"));
+    let pax_num = |key: &str| -> Result<Option<i64>> {
+        let Some((_, v)) = pax.iter().find(|(k, _)| k == key.as_bytes()) else {
+            return Ok(None);
+        };
+        let s = std::str::from_utf8(v).unwrap_or("");
+        let int = s.split('.').next().unwrap_or("");
+        int.parse::<i64>()
+            .map(Some)
+            .map_err(|_| Error::refused(format!("bad pax {key} {s:?}")))
+    };
+    let id = |v: i64, what: &str| {
+        u32::try_from(v).map_err(|_| Error::refused(format!("{what} out of range")))
+    };
+    let uid = match pax_num("uid")? {
+        Some(v) => id(v, "uid")?,
+        None => id(
+            i64::try_from(h.uid().map_err(|e| bad("uid", e))?).unwrap_or(-1),
+            "uid",
+        )?,
+    };
+    let gid = match pax_num("gid")? {
+        Some(v) => id(v, "gid")?,
+        None => id(
+            i64::try_from(h.gid().map_err(|e| bad("gid", e))?).unwrap_or(-1),
+            "gid",
+        )?,
+    };
+    let mtime = match pax_num("mtime")? {
+        Some(v) => v,
+        None => i64::try_from(h.mtime().map_err(|e| bad("mtime", e))?).unwrap_or(i64::MAX),
+    };
     Ok(Meta {
-        uid: u32::try_from(h.uid().map_err(|e| bad("uid", e))?)
-            .map_err(|_| Error::refused("uid out of range"))?,
-        gid: u32::try_from(h.gid().map_err(|e| bad("gid", e))?)
-            .map_err(|_| Error::refused("gid out of range"))?,
+        uid,
+        gid,
         mode: h.mode().map_err(|e| bad("mode", e))? & 0o7777,
-        mtime: i64::try_from(h.mtime().map_err(|e| bad("mtime", e))?).unwrap_or(i64::MAX),
+        mtime,
     })
 }
 
 impl Extractor<'_> {
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<R>) -> Result<()> {
-        let raw = e.path_bytes().into_owned();
+        let pax = pax_of(e)?;
+        let sparse = sparse::detect(&pax)?;
+        let raw = match &sparse {
+            Some(s) => s.name.clone(),
+            None => e.path_bytes().into_owned(),
+        };
         let comps = components(&raw)?;
         let kind = e.header().entry_type();
         // A hard link takes its metadata from its target; some tools leave its fields empty.
@@ -147,9 +185,9 @@ impl Extractor<'_> {
                 mtime: 0,
             }
         } else {
-            meta_of(e.header())?
+            meta_of(e.header(), &pax)?
         };
-        let xattrs = xattrs_of(e)?;
+        let xattrs = xattrs_of(&pax)?;
         let Some((name, parents)) = comps.split_last() else {
             // "./": the layer root itself; it keeps the store's own mode.
             return if kind.is_dir() {
@@ -177,7 +215,8 @@ impl Extractor<'_> {
                 }
                 self.dirs.push((comps.clone(), meta));
             }
-            T::Regular | T::Continuous => {
+            // GNUSparse (old GNU headers): the tar crate reads the holes back as zeros.
+            T::Regular | T::Continuous | T::GNUSparse => {
                 self.remove(&dir, name, &what)?;
                 let fd = openat(
                     &dir,
@@ -196,8 +235,14 @@ impl Extractor<'_> {
                     inner: &mut *e,
                     progress: self.progress,
                 };
-                let got = io::copy(&mut counted, &mut file)
-                    .map_err(|err| Error::refused(format!("reading {what}: {err}")))?;
+                let got = match &sparse {
+                    Some(s) => {
+                        let (chunks, used) = sparse::read_map(&mut counted)?;
+                        used + sparse::copy(&mut counted, &mut file, &chunks, s.realsize)?
+                    }
+                    None => io::copy(&mut counted, &mut file)
+                        .map_err(|err| Error::refused(format!("reading {what}: {err}")))?,
+                };
                 if got != want {
                     return Err(Error::refused(format!(
                         "truncated tar archive: {what} has {got} of {want} bytes"
@@ -439,7 +484,8 @@ fn proc_fd(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn xattrs_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u8>)>> {
+/// The member's pax records, as (key, value).
+fn pax_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     let Some(exts) = e
         .pax_extensions()
@@ -449,8 +495,16 @@ fn xattrs_of<R: Read>(e: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u8>)>>
     };
     for ext in exts {
         let ext = ext.map_err(|err| Error::refused(format!("bad pax header: {err}")))?;
-        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-            out.push((os_name(name)?.to_os_string(), ext.value_bytes().to_vec()));
+        out.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+fn xattrs_of(pax: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(OsString, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (k, v) in pax {
+        if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+            out.push((os_name(name)?.to_os_string(), v.clone()));
         }
     }
     Ok(out)

@@ -172,6 +172,7 @@ fn index(copy: &Path) -> Result<HashMap<String, Span>> {
         .len();
     let mut ar = tar::Archive::new(f);
     let mut out = HashMap::new();
+    let mut links = Vec::new();
     let mut end = 0u64;
     let mut count = 0u64;
     let entries = ar
@@ -184,9 +185,25 @@ fn index(copy: &Path) -> Result<HashMap<String, Span>> {
         let offset = entry.raw_file_position();
         let size = entry.size();
         end = offset.saturating_add(size.div_ceil(512) * 512);
-        if entry.header().entry_type().is_file() {
-            let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
+        let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = entry.header().entry_type();
+        if kind.is_file() {
             out.insert(name, Span { offset, size });
+        } else if kind.is_symlink() || kind.is_hard_link() {
+            // docker save links a layer.tar identical to another one to it.
+            let target = entry.link_name_bytes().unwrap_or_default();
+            let target = String::from_utf8_lossy(&target).into_owned();
+            if let Some(t) = link_target(&name, &target, kind.is_symlink()) {
+                links.push((name, t));
+            }
+        }
+    }
+    // Links to links: a few rounds settle any sane chain.
+    for _ in 0..8 {
+        for (name, target) in &links {
+            if let Some(span) = out.get(target).copied() {
+                out.entry(name.clone()).or_insert(span);
+            }
         }
     }
     if count == 0 {
@@ -198,6 +215,26 @@ fn index(copy: &Path) -> Result<HashMap<String, Span>> {
         ));
     }
     Ok(out)
+}
+
+/// The member a link names, within the archive: a symlink's target is relative to its own
+/// directory, a hard link's to the archive root. `None` if it climbs out of the archive.
+pub fn link_target(name: &str, target: &str, symlink: bool) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    if symlink && !target.starts_with('/') {
+        parts.extend(name.split('/').filter(|c| !c.is_empty()));
+        parts.pop();
+    }
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 fn zeros_at(p: &Path, at: u64) -> Result<bool> {
@@ -227,4 +264,23 @@ fn member(copy: &Path, members: &HashMap<String, Span>, name: &str) -> Result<Ve
         .read_to_end(&mut buf)
         .map_err(|e| Error::path("read", copy, e))?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_target;
+
+    #[test]
+    fn links_inside_the_archive() {
+        assert_eq!(
+            link_target("b/layer.tar", "../a/layer.tar", true).as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(link_target("b/x", "y", true).as_deref(), Some("b/y"));
+        assert_eq!(
+            link_target("b/x", "a/layer.tar", false).as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(link_target("x", "../../etc/passwd", true), None);
+    }
 }

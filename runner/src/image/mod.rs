@@ -6,3 +6,4 @@ pub mod import;
 pub mod kernel;
 pub mod paths;
 pub mod progress;
+pub mod sparse;

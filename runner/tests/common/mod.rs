@@ -12,6 +12,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "hostname", "ip", "mkdir", "rm", "id", "sleep", "kill", "head",
     "tr", "seq", "grep", "wc", "touch", "stat", "true", "false", "env", "pwd", "dd", "test",
+    "chown",
 ];
 
 pub fn is_root() -> bool {
@@ -133,6 +134,29 @@ impl Root {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let me = std::process::id();
+        // runbox waits for its FUSE daemon; give anything else that is exiting a moment.
+        let named = |root: &str| {
+            std::fs::read_dir("/proc")
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<u32>()
+                            .is_ok_and(|p| p != me)
+                            && String::from_utf8_lossy(
+                                &std::fs::read(e.path().join("cmdline")).unwrap_or_default(),
+                            )
+                            .contains(root)
+                    })
+                })
+                .unwrap_or(false)
+        };
+        for _ in 0..40 {
+            if !named(&root) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -269,9 +293,7 @@ pub fn busybox_tar(extra: &[E]) -> Vec<u8> {
     // Append the extra members: drop the end-of-archive blocks and add theirs.
     let more = tar_of(extra);
     out.truncate(out.len() - 1024);
-    let trailer_at = out.len();
     out.extend_from_slice(&more);
-    let _ = trailer_at;
     out
 }
 

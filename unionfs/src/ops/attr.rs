@@ -84,6 +84,11 @@ impl UnionFs {
         } else if a.atime.is_some() || a.mtime.is_some() {
             self.check(&inode, Change::Touch)?;
         }
+        // Owners as the layers store them; an id no mapping covers cannot be stored (and
+        // is refused before anything is copied up).
+        let idmap = &self.config.idmap;
+        let stored_uid = a.uid.map(|u| idmap.stored_uid(u)).transpose()?;
+        let stored_gid = a.gid.map(|g| idmap.stored_gid(g)).transpose()?;
         let data = if a.size == Some(0) {
             Data::Skip
         } else {
@@ -112,7 +117,7 @@ impl UnionFs {
             }
         }
         if a.uid.is_some() || a.gid.is_some() {
-            upper.chown(a.uid, a.gid)?;
+            upper.chown(stored_uid, stored_gid)?;
         }
         if let Some(mode) = a.mode {
             if inode.kind == libc::S_IFLNK {
@@ -133,7 +138,8 @@ impl UnionFs {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(());
         }
-        let clear = killpriv::bits_to_clear(st.st_mode, st.st_gid, caller, cause);
+        let gid = self.config.idmap.shown(st.st_uid, st.st_gid).1;
+        let clear = killpriv::bits_to_clear(st.st_mode, gid, caller, cause);
         if clear != 0 {
             upper.chmod(st.st_mode & 0o7777 & !clear)?;
         }

@@ -256,7 +256,11 @@ impl UnionFs {
     ) -> Result<R> {
         let h = self.handle(fh)?;
         if h.on_lower.load(Ordering::Relaxed) {
-            self.follow_copy_up(&h)?;
+            // Until the copy can be opened (a rename of it may be under way), the lower
+            // file it was made from still holds the same data.
+            if let Err(e) = self.retry(|| self.follow_copy_up(&h)) {
+                log::debug!("read of {}: still on the lower file: {e}", h.ino);
+            }
         }
         let file = h.file.read();
         READ_BUF.with(|cell| {

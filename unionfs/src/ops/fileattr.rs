@@ -129,6 +129,23 @@ fn no_flags(e: &std::io::Error) -> bool {
     )
 }
 
+/// A lower object's flags; none where the filesystem keeps none, or where the daemon may
+/// not open the object (without privileges, a lower file of another user's that it may
+/// not read): a flag it cannot see is one the kernel's overlay, opening as the mounter,
+/// would not see either.
+fn lower_flags(real: &Real) -> Result<u32> {
+    let f = match open_real(real) {
+        Ok(f) => f,
+        Err(Errno(libc::EACCES) | Errno(libc::EPERM)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    match fsops::get_flags(f.as_fd()) {
+        Ok(flags) => Ok(flags),
+        Err(e) if no_flags(&e) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_prot_xattr(ns: XattrNs, x: &XPath) -> Result<Prot> {
     match fsops::getxattr_vec(x, ns.protattr()) {
         Ok(Some(v)) => Ok(Prot::from_xattr(&v)),
@@ -169,11 +186,11 @@ impl UnionFs {
         let Some(real) = real else {
             return Ok(Prot::default());
         };
-        match fsops::get_flags(open_real(&real)?.as_fd()) {
-            Ok(f) => Ok(Prot::from_flags(f)),
-            Err(e) if no_flags(&e) => Ok(Prot::default()),
-            Err(e) => Err(e.into()),
+        // statx reports both flags without an open where the filesystem can.
+        if let Some(f) = fsops::statx_prot_attrs(&real.xpath()?)? {
+            return Ok(Prot::from_flags(f));
         }
+        Ok(Prot::from_flags(lower_flags(&real)?))
     }
 
     /// EPERM when the node's append-only or immutable flag forbids `change`.
@@ -297,11 +314,7 @@ pub fn copy_up(ns: XattrNs, src: &Real, dst: BorrowedFd<'_>, dst_x: &XPath) -> R
     if kind != libc::S_IFREG && kind != libc::S_IFDIR {
         return Ok(());
     }
-    let flags = match fsops::get_flags(open_real(src)?.as_fd()) {
-        Ok(f) => f,
-        Err(e) if no_flags(&e) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
+    let flags = lower_flags(src)?;
     if flags & PROT_FLAGS != 0 {
         write_prot_xattr(ns, dst_x, Prot::from_flags(flags))?;
     }

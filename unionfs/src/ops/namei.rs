@@ -178,6 +178,15 @@ impl UnionFs {
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
+        // The new object is stored owned by the creator's ids as the layers hold them; a
+        // creator no id mapping covers cannot own anything here (EOVERFLOW, as on an
+        // idmapped mount).
+        let idmap = &self.config.idmap;
+        let ctx = &Ctx {
+            uid: idmap.stored_uid(ctx.uid).map_err(|_| Errno::EOVERFLOW)?,
+            gid: idmap.stored_gid(ctx.gid).map_err(|_| Errno::EOVERFLOW)?,
+            ..*ctx
+        };
         let p = self.parent_dir(parent)?;
         self.check(&p, Change::AddEntry)?;
         let pu = {

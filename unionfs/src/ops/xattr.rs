@@ -40,7 +40,15 @@ impl UnionFs {
         }
     }
 
+    /// With `noacl` the ACL xattrs are not the union's to show or set.
+    fn acl_hidden(&self, name: &[u8]) -> bool {
+        self.config.noacl && name.starts_with(b"system.posix_acl_")
+    }
+
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if self.acl_hidden(name.as_bytes()) {
+            return Err(Errno::ENOTSUP);
+        }
         let inode = self.inode(ino)?;
         let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let rname = self.real_xattr_name(name);
@@ -52,6 +60,9 @@ impl UnionFs {
         let real = inode.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let mut out = Vec::new();
         for n in crate::sys::fsops::listxattr_names(&real.xpath()?)? {
+            if self.acl_hidden(&n) {
+                continue;
+            }
             if let Some(shown) = self.shown_xattr_name(&n) {
                 out.extend_from_slice(&shown);
                 out.push(0);
@@ -68,6 +79,9 @@ impl UnionFs {
         flags: i32,
         caller: &Ctx,
     ) -> Result<()> {
+        if self.acl_hidden(name.as_bytes()) {
+            return Err(Errno::ENOTSUP);
+        }
         self.check_writable()?;
         let inode = self.inode(ino)?;
         self.check(&inode, Change::Attr)?;
@@ -80,7 +94,9 @@ impl UnionFs {
             // set-group-id bit goes as the kernel's `posix_acl_update_mode` says for the
             // caller: when it is neither in the group nor has CAP_FSETID.
             let st = upper.stat()?;
-            if st.st_mode & libc::S_ISGID != 0 && killpriv::acl_kills_sgid(st.st_gid, caller) {
+            if st.st_mode & libc::S_ISGID != 0
+                && killpriv::acl_kills_sgid(self.config.idmap.shown(st.st_uid, st.st_gid).1, caller)
+            {
                 upper.chmod(st.st_mode & 0o7777 & !libc::S_ISGID)?;
             }
         }
@@ -88,6 +104,9 @@ impl UnionFs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        if self.acl_hidden(name.as_bytes()) {
+            return Err(Errno::ENOTSUP);
+        }
         self.check_writable()?;
         let inode = self.inode(ino)?;
         self.check(&inode, Change::Attr)?;

@@ -425,3 +425,27 @@ pub fn fssetxattr(fd: BorrowedFd<'_>, v: &[u8; FSXATTR_SIZE]) -> io::Result<()> 
     }
     Ok(())
 }
+
+/// The append-only and immutable attributes `statx` reports (`STATX_ATTR_APPEND` and
+/// `STATX_ATTR_IMMUTABLE`, the same bits as `FS_APPEND_FL` and `FS_IMMUTABLE_FL`): one call
+/// without opening the object. `None` when the filesystem does not report them.
+pub fn statx_prot_attrs(x: &XPath) -> io::Result<Option<u32>> {
+    let want = (libc::STATX_ATTR_APPEND | libc::STATX_ATTR_IMMUTABLE) as u64;
+    // SAFETY: all-zero bytes are a valid `struct statx` (integers only).
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = if x.follow {
+        0
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: the path is NUL-terminated and `st` is a `struct statx` the call fills;
+    // both outlive the call.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, x.path.as_ptr(), flags, 0, &mut st) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.stx_attributes_mask & want != want {
+        return Ok(None);
+    }
+    Ok(Some((st.stx_attributes & want) as u32))
+}
