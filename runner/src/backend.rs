@@ -270,6 +270,22 @@ mod tests {
     }
 
     #[test]
+    fn trace_option_is_absolute() {
+        assert_eq!(
+            trace_option("/t/log").ok(),
+            Some(",trace=/t/log".to_string())
+        );
+        let own = trace_option("").unwrap_or_default();
+        assert_eq!(own, format!(",trace=/proc/{}/fd/2", std::process::id()));
+        let rel = trace_option("t.log").unwrap_or_default();
+        assert!(
+            rel.starts_with(",trace=/") && rel.ends_with("/t.log"),
+            "{rel}"
+        );
+        assert!(trace_option("/a:b").is_err());
+    }
+
+    #[test]
     fn auto_prefers_fuse() {
         let (b, _) = choose(BackendArg::Auto, &probe(true)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b, Backend::Fuse);

@@ -1131,6 +1131,25 @@ mod tests {
     }
 
     #[test]
+    fn trace_file_and_level() {
+        use crate::trace::Level;
+        let o = run(&["-o", "lowerdir=/a", "/m"]);
+        assert_eq!((o.trace, o.trace_file), (Level::Off, None));
+        let o = run(&["-o", "lowerdir=/a,trace", "/m"]);
+        assert_eq!((o.trace, o.trace_file), (Level::Events, None));
+        let o = run(&[
+            "-o",
+            "lowerdir=/a,trace=/t/a\\,b.log,trace_level=lookup",
+            "/m",
+        ]);
+        assert_eq!(o.trace, Level::Lookup);
+        assert_eq!(o.trace_file, Some(PathBuf::from("/t/a,b.log")));
+        assert!(fail(&["-o", "lowerdir=/a,trace_level=lookup", "/m"]).contains("without trace"));
+        assert!(fail(&["-o", "lowerdir=/a,trace,trace_level=x", "/m"]).contains("events or lookup"));
+        assert!(fail(&["-o", "lowerdir=/a,trace,trace=/f", "/m"]).contains("more than once"));
+    }
+
+    #[test]
     fn extra_source_argument_is_ignored() {
         let o = run(&["overlay", "/m", "-o", "lowerdir=/a"]);
         assert_eq!(o.mountpoint, PathBuf::from("/m"));
