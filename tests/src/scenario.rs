@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::fixture::{workdir_leftovers, Layout};
 use crate::ops::{private_umask, Ops};
-use crate::snapshot::{diff, walk, Snapshot, WalkKind};
+use crate::snapshot::{diff, walk_ctx, Snapshot, WalkCtx, WalkKind};
 use crate::tree::Tree;
 use crate::{target, Target};
 
@@ -167,9 +167,10 @@ impl Scenario {
         let mut guard = layout
             .mount_with(target, &self.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] side {label}: {e}", self.name));
+        let ctx = WalkCtx::new(&self.mount_opts, &layout.lowers);
         let dog = Watchdog::start(&layout.mnt, target, &self.name);
         res.log = run_script(&layout.mnt, reference, self.umask, script);
-        res.merged = walk(guard.path(), WalkKind::Merged, &self.mtime_paths);
+        res.merged = walk_ctx(guard.path(), WalkKind::Merged, &self.mtime_paths, &ctx);
         if let Some(e) = dog.stop() {
             res.errors.push(e);
         }
@@ -177,7 +178,7 @@ impl Scenario {
             res.errors.push(e);
         }
         if let Some(u) = &layout.upper {
-            res.upper = Some(walk(u, WalkKind::Upper, &self.mtime_paths));
+            res.upper = Some(walk_ctx(u, WalkKind::Upper, &self.mtime_paths, &ctx));
         }
         if target == Target::Unionfs {
             if let Some(w) = &layout.work {
@@ -353,7 +354,10 @@ pub fn compare(a: &SideResult, b: &SideResult) -> Option<String> {
 
 /// On-disk format check: run `script` mounted with `first`, snapshot the
 /// merged tree, unmount, remount the same lower+upper with `second` (fresh
-/// workdir) and compare the merged trees.
+/// workdir) and compare the merged trees. When `first` is not the kernel, the kernel's
+/// overlay also runs `script` on a layout of its own, and the first mount's op log,
+/// merged tree and upper dir must equal the kernel's (a union that refused every
+/// operation would otherwise write nothing, and read nothing back wrong).
 pub fn remount_check<F>(sc: &Scenario, first: Target, second: Target, script: F)
 where
     F: Fn(&mut Ops) + Sync,
@@ -362,21 +366,38 @@ where
         return;
     }
     assert!(!sc.readonly, "remount_check needs an upper dir");
+    // Times the script sets to now differ between the two runs: the comparison with the
+    // kernel's run leaves mtimes out (the remount comparison keeps them).
+    let untimed = Scenario {
+        mtime_paths: Vec::new(),
+        ..sc.clone()
+    };
+    let reference =
+        (first != Target::Kernel).then(|| untimed.run_side(Target::Kernel, "ref", true, &script));
     let mut layout = Layout::build(&sc.name, &sc.layers(), sc.upper.as_ref(), true);
+    let ctx = WalkCtx::new(&sc.mount_opts, &layout.lowers);
     let mut errors = Vec::new();
+    let mut written = SideResult {
+        target: Some(first),
+        ..Default::default()
+    };
     let before = {
         let mut g = layout
-            .mount(first)
+            .mount_with(first, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] mount {first:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, first, &sc.name);
-        run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
-        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        written.log = run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
+        let s = walk_ctx(g.path(), WalkKind::Merged, &sc.mtime_paths, &ctx);
+        written.merged = walk_ctx(g.path(), WalkKind::Merged, &[], &ctx);
         errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
         }
         s
     };
+    if let Some(u) = &layout.upper {
+        written.upper = Some(walk_ctx(u, WalkKind::Upper, &[], &ctx));
+    }
     if first == Target::Unionfs {
         let left = workdir_leftovers(layout.work.as_ref().unwrap());
         if !left.is_empty() {
@@ -386,10 +407,10 @@ where
     layout.fresh_workdir();
     let after = {
         let mut g = layout
-            .mount(second)
+            .mount_with(second, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] remount {second:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, second, &sc.name);
-        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        let s = walk_ctx(g.path(), WalkKind::Merged, &sc.mtime_paths, &ctx);
         errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
@@ -397,6 +418,14 @@ where
         s
     };
     let mut r = String::new();
+    if let Some(k) = &reference {
+        if let Some(d) = compare(k, &written) {
+            let _ = write!(
+                r,
+                "the first mount ({first:?}) differs from the kernel's overlay running the same script (A = kernel, B = {first:?}):\n{d}"
+            );
+        }
+    }
     if let Some(d) = diff(
         &before,
         &after,
