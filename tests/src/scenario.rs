@@ -13,30 +13,85 @@ use crate::{target, Target};
 
 const MAX_DIFF: usize = 20;
 
-/// Returns false (after printing "SKIPPED: ...") if not running as root.
+/// Why a test did not run, as `skip` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not run as root (`scripts/test.sh` refuses to run without root).
+    NeedsRoot,
+    /// Does not apply here by design: a layout-specific difference documented as
+    /// inherent (README.md), listed but allowed in CI.
+    Expected,
+    /// A check that should have run here and could not: fails CI.
+    Missing,
+}
+
+impl Skip {
+    pub fn word(self) -> &'static str {
+        match self {
+            Skip::NeedsRoot => "needs-root",
+            Skip::Expected => "expected",
+            Skip::Missing => "missing",
+        }
+    }
+}
+
+/// Reports a test that returns without checking anything: on the real stderr (libtest's
+/// capture, which hides the output of passing tests, only intercepts print!/eprint!)
+/// and as a line `KIND<TAB>TEST<TAB>LAYOUT/OPTIONS<TAB>REASON` appended to the file named
+/// by `UNIONFS_SKIP_LOG` (set by `scripts/test.sh`, which lists the skips at the end and
+/// fails CI on a `missing` one).
+pub fn skip(name: &str, kind: Skip, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED ({}): {name}: {reason}",
+        kind.word()
+    );
+    let Some(log) = std::env::var_os("UNIONFS_SKIP_LOG") else {
+        return;
+    };
+    let env = |k: &str, d: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| d.to_string())
+    };
+    let line = format!(
+        "{}\t{name}\tlayout={} opts={}\t{reason}\n",
+        kind.word(),
+        env("DIFFTEST_LAYOUT", "onefs"),
+        env("DIFFTEST_UNIONFS_OPTS", "defaults")
+    );
+    // One write in append mode: lines from tests running at once do not mix.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("recording a skip in {log:?}: {e}"));
+}
+
+/// Returns false (after reporting the skip) if not running as root.
 pub fn require_root(name: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        // Written to the raw stderr handle: libtest's capture (which hides
-        // the output of passing tests) only intercepts print!/eprint!.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)"
+        skip(
+            name,
+            Skip::NeedsRoot,
+            "needs root (mounts overlay/FUSE filesystems)",
         );
         false
     }
 }
 
 /// Whether the layers are on one filesystem (`DIFFTEST_LAYOUT`); a scenario that only
-/// means something there says so on stderr (seen by `cargo test`) when it does not run.
+/// means something there reports an expected skip when it does not run.
 pub fn require_one_fs(name: &str, why: &str) -> bool {
     if crate::fixture::Placement::from_env() == crate::fixture::Placement::OneFs {
         return true;
     }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED on this layout: {name}: {why}");
+    skip(name, Skip::Expected, &format!("on this layout: {why}"));
     false
 }
 
