@@ -21,5 +21,7 @@ pub mod origin;
 pub mod readdir;
 pub mod sys;
 pub mod testhook;
+#[cfg(test)]
+mod testskip;
 pub mod union;
 pub mod whiteout;

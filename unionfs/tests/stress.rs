@@ -1090,8 +1090,10 @@ fn stress_unionfs(tag: &str, extra: &str, disks: Disks) {
 
 #[test]
 fn same_names_unionfs_defaults() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE and the kernel's overlay");
+    if !require_root(
+        "same_names_unionfs_defaults",
+        "needs root to mount FUSE and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1100,8 +1102,10 @@ fn same_names_unionfs_defaults() {
 
 #[test]
 fn same_names_unionfs_nopassthrough_two_tmpfs() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE, tmpfs and the kernel's overlay");
+    if !require_root(
+        "same_names_unionfs_nopassthrough_two_tmpfs",
+        "needs root to mount FUSE, tmpfs and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1112,8 +1116,10 @@ fn same_names_unionfs_nopassthrough_two_tmpfs() {
 /// only the errnos `Op::allowed` lists, or the list is wrong.
 #[test]
 fn same_names_kernel_overlay_errnos() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount the kernel's overlay");
+    if !require_root(
+        "same_names_kernel_overlay_errnos",
+        "needs root to mount the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1260,8 +1266,10 @@ fn head_of_line(mnt: &Path, big: u64, copying: Option<&dyn Fn() -> bool>) -> Hea
 /// itself costs the stats on this machine.
 #[test]
 fn copyups_do_not_hold_up_stats_of_other_names() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE and the kernel's overlay");
+    if !require_root(
+        "copyups_do_not_hold_up_stats_of_other_names",
+        "needs root to mount FUSE and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
