@@ -6,7 +6,30 @@ use std::process::Command;
 /// Runs the bench with `args`; None (with a note) when not root, as the bench mounts.
 fn run_bench(args: &[&str]) -> Option<std::process::Output> {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: the bench mounts, so it runs as root only");
+        use std::io::Write as _;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("bench cli")
+            .to_string();
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (needs-root): {test}: the bench mounts, so it runs as root only"
+        );
+        if let Some(log) = std::env::var_os("UNIONFS_SKIP_LOG") {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log)
+                .and_then(|mut f| {
+                    f.write_all(
+                        format!(
+                            "needs-root\t{test}\t-\tthe bench mounts, so it runs as root only\n"
+                        )
+                        .as_bytes(),
+                    )
+                })
+                .unwrap_or_else(|e| panic!("recording a skip in {log:?}: {e}"));
+        }
         return None;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))

@@ -112,7 +112,11 @@ fn walkthrough_commands_print_what_the_page_says() {
         return;
     }
     if !Path::new(BUSYBOX).exists() {
-        eprintln!("SKIPPED walkthrough: {BUSYBOX} is missing (scripts/setup.sh installs it)");
+        skip(
+            "walkthrough_commands_print_what_the_page_says",
+            "missing",
+            &format!("{BUSYBOX} is missing (scripts/setup.sh installs it)"),
+        );
         return;
     }
     let update = std::env::var_os("TEACH_UPDATE").is_some();

@@ -443,8 +443,9 @@ impl Ops {
         )
     }
 
-    /// Like `stat_times`, but a time within 10 minutes of the current time
-    /// is shown as `now` (for UTIME_NOW / implicit updates).
+    /// Like `stat_times`, but a time within 3 minutes of the current time
+    /// is shown as `now` (for UTIME_NOW / implicit updates). Scenarios set an old time
+    /// first, so that `now` shows only what the operation did.
     pub fn stat_times_now(&mut self, p: impl AsRef<[u8]>) -> String {
         let p = p.as_ref();
         let now = std::time::SystemTime::now()
@@ -452,7 +453,7 @@ impl Ops {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let show = |s: i64, n: i64| {
-            if (s - now).abs() < 600 {
+            if (s - now).abs() < 180 {
                 "now".to_string()
             } else {
                 format!("{s}.{n:09}")

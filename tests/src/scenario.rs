@@ -7,36 +7,91 @@ use std::fmt::Write as _;
 
 use crate::fixture::{workdir_leftovers, Layout};
 use crate::ops::{private_umask, Ops};
-use crate::snapshot::{diff, walk, Snapshot, WalkKind};
+use crate::snapshot::{diff, walk_ctx, Snapshot, WalkCtx, WalkKind};
 use crate::tree::Tree;
 use crate::{target, Target};
 
 const MAX_DIFF: usize = 20;
 
-/// Returns false (after printing "SKIPPED: ...") if not running as root.
+/// Why a test did not run, as `skip` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not run as root (`scripts/test.sh` refuses to run without root).
+    NeedsRoot,
+    /// Does not apply here by design: a layout-specific difference documented as
+    /// inherent (README.md), listed but allowed in CI.
+    Expected,
+    /// A check that should have run here and could not: fails CI.
+    Missing,
+}
+
+impl Skip {
+    pub fn word(self) -> &'static str {
+        match self {
+            Skip::NeedsRoot => "needs-root",
+            Skip::Expected => "expected",
+            Skip::Missing => "missing",
+        }
+    }
+}
+
+/// Reports a test that returns without checking anything: on the real stderr (libtest's
+/// capture, which hides the output of passing tests, only intercepts print!/eprint!)
+/// and as a line `KIND<TAB>TEST<TAB>LAYOUT/OPTIONS<TAB>REASON` appended to the file named
+/// by `UNIONFS_SKIP_LOG` (set by `scripts/test.sh`, which lists the skips at the end and
+/// fails CI on a `missing` one).
+pub fn skip(name: &str, kind: Skip, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED ({}): {name}: {reason}",
+        kind.word()
+    );
+    let Some(log) = std::env::var_os("UNIONFS_SKIP_LOG") else {
+        return;
+    };
+    let env = |k: &str, d: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| d.to_string())
+    };
+    let line = format!(
+        "{}\t{name}\tlayout={} opts={}\t{reason}\n",
+        kind.word(),
+        env("DIFFTEST_LAYOUT", "onefs"),
+        env("DIFFTEST_UNIONFS_OPTS", "defaults")
+    );
+    // One write in append mode: lines from tests running at once do not mix.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("recording a skip in {log:?}: {e}"));
+}
+
+/// Returns false (after reporting the skip) if not running as root.
 pub fn require_root(name: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        // Written to the raw stderr handle: libtest's capture (which hides
-        // the output of passing tests) only intercepts print!/eprint!.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name}: needs root (mounts overlay/FUSE filesystems)"
+        skip(
+            name,
+            Skip::NeedsRoot,
+            "needs root (mounts overlay/FUSE filesystems)",
         );
         false
     }
 }
 
 /// Whether the layers are on one filesystem (`DIFFTEST_LAYOUT`); a scenario that only
-/// means something there says so on stderr (seen by `cargo test`) when it does not run.
+/// means something there reports an expected skip when it does not run.
 pub fn require_one_fs(name: &str, why: &str) -> bool {
     if crate::fixture::Placement::from_env() == crate::fixture::Placement::OneFs {
         return true;
     }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED on this layout: {name}: {why}");
+    skip(name, Skip::Expected, &format!("on this layout: {why}"));
     false
 }
 
@@ -167,9 +222,10 @@ impl Scenario {
         let mut guard = layout
             .mount_with(target, &self.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] side {label}: {e}", self.name));
+        let ctx = WalkCtx::new(&self.mount_opts, &layout.lowers);
         let dog = Watchdog::start(&layout.mnt, target, &self.name);
         res.log = run_script(&layout.mnt, reference, self.umask, script);
-        res.merged = walk(guard.path(), WalkKind::Merged, &self.mtime_paths);
+        res.merged = walk_ctx(guard.path(), WalkKind::Merged, &self.mtime_paths, &ctx);
         if let Some(e) = dog.stop() {
             res.errors.push(e);
         }
@@ -177,7 +233,7 @@ impl Scenario {
             res.errors.push(e);
         }
         if let Some(u) = &layout.upper {
-            res.upper = Some(walk(u, WalkKind::Upper, &self.mtime_paths));
+            res.upper = Some(walk_ctx(u, WalkKind::Upper, &self.mtime_paths, &ctx));
         }
         if target == Target::Unionfs {
             if let Some(w) = &layout.work {
@@ -353,7 +409,10 @@ pub fn compare(a: &SideResult, b: &SideResult) -> Option<String> {
 
 /// On-disk format check: run `script` mounted with `first`, snapshot the
 /// merged tree, unmount, remount the same lower+upper with `second` (fresh
-/// workdir) and compare the merged trees.
+/// workdir) and compare the merged trees. When `first` is not the kernel, the kernel's
+/// overlay also runs `script` on a layout of its own, and the first mount's op log,
+/// merged tree and upper dir must equal the kernel's (a union that refused every
+/// operation would otherwise write nothing, and read nothing back wrong).
 pub fn remount_check<F>(sc: &Scenario, first: Target, second: Target, script: F)
 where
     F: Fn(&mut Ops) + Sync,
@@ -362,21 +421,38 @@ where
         return;
     }
     assert!(!sc.readonly, "remount_check needs an upper dir");
+    // Times the script sets to now differ between the two runs: the comparison with the
+    // kernel's run leaves mtimes out (the remount comparison keeps them).
+    let untimed = Scenario {
+        mtime_paths: Vec::new(),
+        ..sc.clone()
+    };
+    let reference =
+        (first != Target::Kernel).then(|| untimed.run_side(Target::Kernel, "ref", true, &script));
     let mut layout = Layout::build(&sc.name, &sc.layers(), sc.upper.as_ref(), true);
+    let ctx = WalkCtx::new(&sc.mount_opts, &layout.lowers);
     let mut errors = Vec::new();
+    let mut written = SideResult {
+        target: Some(first),
+        ..Default::default()
+    };
     let before = {
         let mut g = layout
-            .mount(first)
+            .mount_with(first, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] mount {first:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, first, &sc.name);
-        run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
-        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        written.log = run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
+        let s = walk_ctx(g.path(), WalkKind::Merged, &sc.mtime_paths, &ctx);
+        written.merged = walk_ctx(g.path(), WalkKind::Merged, &[], &ctx);
         errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
         }
         s
     };
+    if let Some(u) = &layout.upper {
+        written.upper = Some(walk_ctx(u, WalkKind::Upper, &[], &ctx));
+    }
     if first == Target::Unionfs {
         let left = workdir_leftovers(layout.work.as_ref().unwrap());
         if !left.is_empty() {
@@ -386,10 +462,10 @@ where
     layout.fresh_workdir();
     let after = {
         let mut g = layout
-            .mount(second)
+            .mount_with(second, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] remount {second:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, second, &sc.name);
-        let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);
+        let s = walk_ctx(g.path(), WalkKind::Merged, &sc.mtime_paths, &ctx);
         errors.extend(dog.stop());
         if let Err(e) = g.unmount() {
             errors.push(e);
@@ -397,6 +473,14 @@ where
         s
     };
     let mut r = String::new();
+    if let Some(k) = &reference {
+        if let Some(d) = compare(k, &written) {
+            let _ = write!(
+                r,
+                "the first mount ({first:?}) differs from the kernel's overlay running the same script (A = kernel, B = {first:?}):\n{d}"
+            );
+        }
+    }
     if let Some(d) = diff(
         &before,
         &after,

@@ -6,12 +6,14 @@
 //!   than through overlayfs (and ext4 dir sizes depend on history);
 //! * st_ino / st_dev: the two sides are different copies (see `Ops::ino_stable`);
 //! * mtime/atime/ctime unless requested (times differ by run);
-//! * merged view: `trusted.overlay.*` / `user.overlay.*` xattrs (hidden by
-//!   overlay; leaks are checked by the `listxattr` op in scenarios);
+//! * merged view: the overlay's own xattrs, `trusted.overlay.*` (`user.overlay.*` with
+//!   `userxattr`; the other prefix is an ordinary name and shown), hidden by overlay;
+//!   leaks are checked by the `listxattr` op in scenarios;
 //! * upper dir: nlink of whiteouts (the kernel hard-links whiteouts to a
-//!   shared one in workdir), `trusted.overlay.origin` (a file handle of a
-//!   different copy: presence only), `trusted.overlay.impure` (presence
-//!   only), `trusted.overlay.uuid` (random per filesystem instance).
+//!   shared one in workdir), the file handle bytes of `*.overlay.origin` (of a
+//!   different copy; its header, length and uuid are compared, the uuid named by the
+//!   lower layer whose filesystem has it), `*.overlay.impure` (presence
+//!   only), `*.overlay.uuid` (random per filesystem instance).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -38,6 +40,62 @@ pub struct Entry {
 }
 
 pub type Snapshot = Vec<Entry>;
+
+/// What a walk needs to know about the union whose tree it reads.
+#[derive(Clone, Debug, Default)]
+pub struct WalkCtx {
+    /// Mounted with `userxattr`: the overlay's own xattrs are `user.overlay.*`; without,
+    /// `trusted.overlay.*`, and a `user.overlay.*` name is an ordinary one.
+    pub userxattr: bool,
+    /// The filesystem UUID of each lower layer, topmost first: an origin record's uuid is
+    /// shown as the first layer that has it (the two sides' tmpfs UUIDs differ). None:
+    /// origin records are compared as present only (`walk`, for unions whose two sides
+    /// have lowers of different kinds, as `nested.rs`'s).
+    pub lower_uuids: Option<Vec<[u8; 16]>>,
+}
+
+impl WalkCtx {
+    /// The context of a union mounted with `opts` over `lowers`.
+    pub fn new(opts: &str, lowers: &[std::path::PathBuf]) -> WalkCtx {
+        WalkCtx {
+            userxattr: opts.split(',').any(|o| o == "userxattr"),
+            lower_uuids: Some(
+                lowers
+                    .iter()
+                    .map(|l| sys::fs_uuid(l).unwrap_or([0; 16]))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// An origin record (`struct ovl_fb`): version, magic, length, flags, type and uuid
+    /// compared, the file handle's bytes only counted.
+    fn origin(&self, v: &[u8]) -> String {
+        let Some(lower_uuids) = &self.lower_uuids else {
+            return "<present>".to_string();
+        };
+        if v.len() < 21 || v[1] != 0xfb {
+            return format!("<not a file handle: {}>", esc(v));
+        }
+        let uuid: [u8; 16] = v[5..21].try_into().unwrap_or([0; 16]);
+        let who = if uuid == [0; 16] {
+            "null".to_string()
+        } else if let Some(i) = lower_uuids.iter().position(|u| *u == uuid) {
+            format!("fs-of-l{}", i + 1)
+        } else {
+            "not-a-lower-fs".to_string()
+        };
+        format!(
+            "fh(v{} len={}/{} flags={:#x} type={} uuid={who} fid={}B)",
+            v[0],
+            v[2],
+            v.len(),
+            v[3],
+            v[4],
+            v.len() - 21
+        )
+    }
+}
 
 fn kind_char(ft: &std::fs::FileType) -> char {
     if ft.is_dir() {
@@ -70,22 +128,28 @@ pub fn content_digest(data: &[u8]) -> String {
     }
 }
 
-fn xattr_desc(path: &Path, kind: WalkKind) -> String {
+fn xattr_desc(path: &Path, kind: WalkKind, ctx: &WalkCtx) -> String {
     let names = match sys::llistxattr(path) {
         Ok(n) => n,
         Err(e) => return format!(" xattrs=<{e}>"),
     };
+    let own: &[u8] = if ctx.userxattr {
+        b"user.overlay."
+    } else {
+        b"trusted.overlay."
+    };
     let mut m = BTreeMap::new();
     for n in names {
-        let hidden = n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.");
+        let hidden = n.starts_with(own);
         let v = match kind {
             WalkKind::Merged if hidden => continue,
-            WalkKind::Upper if n.ends_with(b".overlay.uuid") && hidden => continue,
-            WalkKind::Upper
-                if hidden
-                    && (n.ends_with(b".overlay.origin") || n.ends_with(b".overlay.impure")) =>
-            {
-                "<present>".to_string()
+            WalkKind::Upper if hidden && n.ends_with(b".overlay.uuid") => continue,
+            WalkKind::Upper if hidden && n.ends_with(b".overlay.impure") => "<present>".to_string(),
+            WalkKind::Upper if hidden && n.ends_with(b".overlay.origin") => {
+                match sys::lgetxattr(path, &n) {
+                    Ok(v) => ctx.origin(&v),
+                    Err(e) => format!("<{e}>"),
+                }
             }
             _ => match sys::lgetxattr(path, &n) {
                 Ok(v) if n.starts_with(b"system.posix_acl_") => crate::acl::decode(&v),
@@ -104,7 +168,13 @@ fn xattr_desc(path: &Path, kind: WalkKind) -> String {
 
 /// Describes one object (not following symlinks).
 pub fn describe(path: &Path, kind: WalkKind, with_mtime: bool) -> String {
-    describe_opt(path, kind, with_mtime, true, true)
+    describe_ctx(path, kind, with_mtime, &WalkCtx::default())
+}
+
+/// Like [`describe`], in the context of one union; directories show their nlink (the
+/// kernel's overlay reports 1 for a merged one).
+pub fn describe_ctx(path: &Path, kind: WalkKind, with_mtime: bool, ctx: &WalkCtx) -> String {
+    describe_full(path, kind, with_mtime, true, true, Some(ctx))
 }
 
 /// Like [`describe`]; `xattrs=false` leaves xattrs out, `content=false`
@@ -115,6 +185,19 @@ pub fn describe_opt(
     with_mtime: bool,
     xattrs: bool,
     content: bool,
+) -> String {
+    describe_full(path, kind, with_mtime, xattrs, content, None)
+}
+
+/// `ctx`: a tree walk's (directory nlink and xattrs in its context), None for an op's
+/// `stat` line (no directory nlink).
+fn describe_full(
+    path: &Path,
+    kind: WalkKind,
+    with_mtime: bool,
+    xattrs: bool,
+    content: bool,
+    ctx: Option<&WalkCtx>,
 ) -> String {
     let md = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -134,6 +217,8 @@ pub fn describe_opt(
         if !(kind == WalkKind::Upper && whiteout) {
             s += &format!(" nlink={}", md.nlink());
         }
+    } else if ctx.is_some() {
+        s += &format!(" nlink={}", md.nlink());
     }
     match k {
         'f' if !content => {}
@@ -169,7 +254,7 @@ pub fn describe_opt(
         }
     }
     if xattrs {
-        s += &xattr_desc(path, kind);
+        s += &xattr_desc(path, kind, ctx.unwrap_or(&WalkCtx::default()));
     }
     s
 }
@@ -178,17 +263,29 @@ pub fn describe_opt(
 /// mtime is included only for the paths in `mtime_paths` (relative, no
 /// leading slash), i.e. those a scenario set explicitly.
 pub fn walk(root: &Path, kind: WalkKind, mtime_paths: &[Vec<u8>]) -> Snapshot {
+    walk_ctx(root, kind, mtime_paths, &WalkCtx::default())
+}
+
+/// Like [`walk`], in the context of one union (its xattr namespace, its lowers' UUIDs).
+pub fn walk_ctx(root: &Path, kind: WalkKind, mtime_paths: &[Vec<u8>], ctx: &WalkCtx) -> Snapshot {
     let mut out = Vec::new();
     out.push(Entry {
         path: b"/".to_vec(),
-        line: describe(root, kind, mtime_paths.iter().any(|p| p.is_empty())),
+        line: describe_ctx(root, kind, mtime_paths.iter().any(|p| p.is_empty()), ctx),
     });
-    rec(root, &mut Vec::new(), kind, mtime_paths, &mut out);
+    rec(root, &mut Vec::new(), kind, mtime_paths, ctx, &mut out);
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
-fn rec(root: &Path, rel: &mut Vec<u8>, kind: WalkKind, mtime: &[Vec<u8>], out: &mut Snapshot) {
+fn rec(
+    root: &Path,
+    rel: &mut Vec<u8>,
+    kind: WalkKind,
+    mtime: &[Vec<u8>],
+    ctx: &WalkCtx,
+    out: &mut Snapshot,
+) {
     let dir = root.join(OsStr::from_bytes(rel));
     let rd = match std::fs::read_dir(&dir) {
         Ok(r) => r,
@@ -214,14 +311,14 @@ fn rec(root: &Path, rel: &mut Vec<u8>, kind: WalkKind, mtime: &[Vec<u8>], out: &
         }
         rel.extend_from_slice(&n);
         let p = root.join(OsStr::from_bytes(rel));
-        let line = describe(&p, kind, mtime.iter().any(|m| m == rel));
+        let line = describe_ctx(&p, kind, mtime.iter().any(|m| m == rel), ctx);
         let is_dir = line.starts_with('d');
         out.push(Entry {
             path: [b"/", &rel[..]].concat(),
             line,
         });
         if is_dir {
-            rec(root, rel, kind, mtime, out);
+            rec(root, rel, kind, mtime, ctx, out);
         }
         rel.truncate(saved);
     }

@@ -255,3 +255,35 @@ fn open_for_flags(path: &Path) -> Result<std::os::fd::OwnedFd, Errno> {
         nix::sys::stat::Mode::empty(),
     )
 }
+
+/// The UUID of the filesystem holding `path` (`FS_IOC_GETFSUUID`, asked on a descriptor
+/// opened for reading), or None where the filesystem has none to give.
+pub fn fs_uuid(path: &Path) -> Option<[u8; 16]> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let mut u = FsUuid2 {
+        len: 16,
+        uuid: [0; 16],
+    };
+    // _IOR(0x15, 0, struct fsuuid2), the struct being 17 bytes.
+    const FS_IOC_GETFSUUID: u32 = (2 << 30) | (17 << 16) | (0x15 << 8);
+    // SAFETY: the argument points to a live struct of the size the request encodes.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_GETFSUUID as _,
+            std::ptr::addr_of_mut!(u),
+        )
+    };
+    (r == 0 && u.len == 16).then_some(u.uuid)
+}

@@ -180,3 +180,44 @@ fn userxattr_escapes_the_users_overlay_xattrs() {
             o.readdir("n");
         });
 }
+
+/// Without `userxattr` (as root) the overlay's own names are `trusted.overlay.*`: a user's
+/// `user.overlay.X` is an ordinary xattr, shown, set and removed as it is, not escaped,
+/// and no marker (a lower `user.overlay.opaque` makes nothing opaque). Against the
+/// kernel's overlay, also the upper layer (snapshots show `user.overlay.*` in this mode).
+#[test]
+fn trusted_mode_keeps_the_users_user_overlay_xattrs_ordinary() {
+    difftests::Scenario::new("trusted_mode_keeps_the_users_user_overlay_xattrs_ordinary")
+        .lower(
+            Tree::new()
+                .file("f", 0o644, "f\n")
+                .xattr("f", "user.overlay.mine", "lower")
+                .dir("d", 0o755)
+                .xattr("d", "user.overlay.opaque", "y")
+                .file("d/top", 0o644, "top\n"),
+        )
+        .lower(Tree::new().file("d/below", 0o644, "below\n"))
+        .run(|o| {
+            o.listxattr("f");
+            o.want("ok [user.overlay.mine]");
+            o.getxattr("f", "user.overlay.mine");
+            o.want("ok \"lower\"");
+            o.readdir("d");
+            o.want("ok [below,top]");
+            o.getxattr("d", "user.overlay.opaque");
+            o.want("ok \"y\"");
+            o.setxattr("f", "user.overlay.other", "v");
+            o.want("ok");
+            o.getxattr("f", "user.overlay.other");
+            o.want("ok \"v\"");
+            o.removexattr("f", "user.overlay.mine");
+            o.want("ok");
+            o.listxattr("f");
+            o.want("ok [user.overlay.other]");
+            o.mkdir("n", 0o755);
+            o.setxattr("n", "user.overlay.opaque", "y");
+            o.want("ok");
+            o.listxattr("n");
+            o.want("ok [user.overlay.opaque]");
+        });
+}

@@ -2592,7 +2592,14 @@ fn ino_merged_dir_equals_lower_dir() {
 
 #[test]
 fn utimensat_now_and_omit() {
-    let lower = base().file("g", 0o644, "g").mtime("g", 2_000_000);
+    // Every file starts with old times, so that only a union that did set them to now
+    // shows `now` (a file made by the test would show it anyway).
+    let lower = base()
+        .file("g", 0o644, "g")
+        .mtime("g", 2_000_000)
+        .mtime("d/a", 1_000_000)
+        .mtime("d/b", 1_000_000)
+        .mtime("d/sub/deep", 1_000_000);
     Scenario::new("utimensat_now_and_omit")
         .lower(lower)
         .mtime_of("f")
@@ -2602,20 +2609,39 @@ fn utimensat_now_and_omit() {
             o.want("ok");
             o.stat_times("f");
             o.want("ok mtime=3000000.000000005 atime=1000000.000000000");
+            o.stat_times_now("d/a");
+            o.want("ok mtime=1000000.000000000 atime=1000000.000000000");
             o.utimens("d/a", (0, libc::UTIME_OMIT), (0, libc::UTIME_NOW));
             o.want("ok");
             o.stat_times_now("d/a");
-            o.want("ok mtime=now atime=now");
+            o.want("ok mtime=now atime=1000000.000000000");
             o.utimens("d/b", (4_000_000, 0), (0, libc::UTIME_OMIT));
             o.want("ok");
             o.stat_times_now("d/b");
+            o.want("ok mtime=1000000.000000000 atime=4000000.000000000");
             o.utimens("g", (0, libc::UTIME_OMIT), (0, libc::UTIME_OMIT));
             o.want("ok");
             o.stat_times("g");
             o.want("ok mtime=2000000.000000000 atime=2000000.000000000");
+            o.stat_times_now("d/sub/deep");
+            o.want("ok mtime=1000000.000000000 atime=1000000.000000000");
             o.utimens("d/sub/deep", (0, libc::UTIME_NOW), (0, libc::UTIME_NOW));
             o.want("ok");
             o.stat_times_now("d/sub/deep");
+            o.want("ok mtime=now atime=now");
+            // An upper file set old first, then to now.
+            o.write("n", "n");
+            o.utimens("n", (1_000_000, 0), (1_000_000, 0));
+            o.want("ok");
+            o.stat_times_now("n");
+            o.want("ok mtime=1000000.000000000 atime=1000000.000000000");
+            o.utimens("n", (0, libc::UTIME_NOW), (0, libc::UTIME_OMIT));
+            o.want("ok");
+            o.stat_times_now("n");
+            o.want("ok mtime=1000000.000000000 atime=now");
+            o.utimens("n", (0, libc::UTIME_OMIT), (0, libc::UTIME_NOW));
+            o.want("ok");
+            o.stat_times_now("n");
             o.want("ok mtime=now atime=now");
         });
 }

@@ -93,19 +93,14 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             st.lowers.first().cloned().ok_or(Errno::EIO)?,
         )
     };
+    // Before the copy has its name: a lookup that finds it reads its origin (and so its
+    // inode number) only in an impure directory.
+    mark_impure(fs, &parent, &pupper)?;
     let timer = crate::trace::Timer::start();
-    let upper = copy_up_one(fs, &src, &pupper, &name, data)?;
+    let (upper, aliases) = copy_up_one(fs, inode, &src, &pupper, &name, data)?;
     if crate::trace::on() {
         trace_copy_up(fs, inode, &src, data, &timer);
     }
-    mark_impure(fs, &parent, &pupper)?;
-    let aliases = {
-        let mut st = inode.state.write();
-        st.upper = Some(upper.clone());
-        std::mem::take(&mut st.aliases)
-    };
-    fs.inodes
-        .shows_upper(inode, Some((src.dev, src.ino)), (upper.dev, upper.ino));
     // The other names of a lower hard link still show the lower file: the kernel must
     // look them up again and get a node of their own.
     crate::union::defer_invalidations(aliases);
@@ -138,70 +133,91 @@ pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
     Ok(())
 }
 
+/// Copies the node's lower object `src` up as `parent_upper/name` and makes the node show
+/// the copy. Returns it, with the other names of a lower hard link (see `ensure_upper`).
+///
+/// No lookup may find the copy under its name before the node knows it has it: a lookup
+/// would make a second node for the same file, and the kernel, moving the name to that
+/// one, would keep two page caches of one file. So the copy is entered in the inode
+/// table's object index first, and the node's state stays write-locked from the link
+/// until it names the copy: a lookup that finds the copy finds this node, and waits.
 fn copy_up_one(
     fs: &UnionFs,
+    inode: &Inode,
     src: &Real,
     parent_upper: &Real,
     name: &OsStr,
     data: Data,
-) -> Result<Real> {
+) -> Result<(Real, Vec<(u64, OsString)>)> {
     let work = fs.work_fd()?;
     let pref = parent_upper.dir_ref()?;
     let pdir = pref.fd()?;
     let st = src.stat()?;
     // Naming the copy changes the parent's times; the kernel puts them back.
     let pst = fstat_fd(pdir.as_fd())?;
-    let built = build(fs, src, &st, data);
-    let result = built.as_ref().map_err(|e| *e).and_then(|(temp, _)| {
-        match temp {
-            Temp::Unnamed(f) => {
-                // Unlike linkat(AT_EMPTY_PATH), which needs CAP_DAC_READ_SEARCH, linking
-                // through /proc works for the file's owner too (without privileges).
-                let from = crate::sys::fsops::proc_fd_path(f.as_fd());
-                nix::unistd::linkat(
-                    nix::fcntl::AT_FDCWD,
-                    from.as_c_str(),
-                    pdir.as_fd(),
-                    name,
-                    AtFlags::AT_SYMLINK_FOLLOW,
-                )?
-            }
-            Temp::Named(tmp) => nix::fcntl::renameat2(
-                work,
-                tmp.as_os_str(),
+    let (temp, fd) = build(fs, src, &st, data).inspect_err(|e| {
+        log::error!("copy-up of {name:?} failed: {e}");
+    })?;
+    let copy = fstat_fd(fd.as_fd())?;
+    let key = (copy.st_dev, copy.st_ino);
+    fs.inodes.shows_upper(inode, None, key);
+    let mut state = inode.state.write();
+    let linked = match &temp {
+        Temp::Unnamed(f) => {
+            // Unlike linkat(AT_EMPTY_PATH), which needs CAP_DAC_READ_SEARCH, linking
+            // through /proc works for the file's owner too (without privileges).
+            let from = crate::sys::fsops::proc_fd_path(f.as_fd());
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                from.as_c_str(),
                 pdir.as_fd(),
                 name,
-                RenameFlags::RENAME_NOREPLACE,
-            )?,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
         }
-        let (at, mt) = (
-            TimeSpec::new(pst.st_atime, pst.st_atime_nsec),
-            TimeSpec::new(pst.st_mtime, pst.st_mtime_nsec),
-        );
-        let path = crate::sys::fsops::proc_fd_path(pdir.as_fd());
-        if let Err(e) = nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            path.as_c_str(),
-            &at,
-            &mt,
-            UtimensatFlags::FollowSymlink,
-        ) {
-            log::warn!("copy-up of {name:?}: cannot restore the parent's times: {e}");
-        }
-        Ok(())
-    });
-    match (result, built) {
-        // The descriptor still names the object after the link or rename.
-        (Ok(()), Ok((_, fd))) => upper_real(pref, name, lookup::is_dir(&st), Some(fd)),
-        (Err(e), built) => {
-            if let Ok((Temp::Named(tmp), _)) = built {
-                remove_tmp(work, &tmp);
+        Temp::Named(tmp) => nix::fcntl::renameat2(
+            work,
+            tmp.as_os_str(),
+            pdir.as_fd(),
+            name,
+            RenameFlags::RENAME_NOREPLACE,
+        ),
+    };
+    // The descriptor still names the object after the link or rename.
+    let placed = linked
+        .map_err(Errno::from)
+        .and_then(|()| upper_real(pref, name, lookup::is_dir(&st), Some(fd)));
+    let upper = match placed {
+        Ok(u) => u,
+        Err(e) => {
+            drop(state);
+            fs.inodes.forget_object(key, inode.ino);
+            if let Temp::Named(tmp) = &temp {
+                remove_tmp(work, tmp);
             }
             log::error!("copy-up of {name:?} failed: {e}");
-            Err(e)
+            return Err(e);
         }
-        (Ok(()), Err(e)) => Err(e),
+    };
+    state.upper = Some(upper.clone());
+    let aliases = std::mem::take(&mut state.aliases);
+    drop(state);
+    fs.inodes.shows_upper(inode, Some((src.dev, src.ino)), key);
+    let (at, mt) = (
+        TimeSpec::new(pst.st_atime, pst.st_atime_nsec),
+        TimeSpec::new(pst.st_mtime, pst.st_mtime_nsec),
+    );
+    let path = crate::sys::fsops::proc_fd_path(pdir.as_fd());
+    if let Err(e) = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path.as_c_str(),
+        &at,
+        &mt,
+        UtimensatFlags::FollowSymlink,
+    ) {
+        log::warn!("copy-up of {name:?}: cannot restore the parent's times: {e}");
     }
+    Ok((upper, aliases))
 }
 
 /// The `Real` of an object just made as `dir/name` in the upper layer; `fd`, when the

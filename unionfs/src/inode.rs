@@ -493,7 +493,12 @@ impl InodeTable {
         }
     }
 
-    /// Records that `inode` now shows its upper object (after a copy-up).
+    /// Drops `key` from the object index if it names `ino` (a copy-up that failed).
+    pub fn forget_object(&self, key: (u64, u64), ino: u64) {
+        self.by_object.remove_if(&key, |_, v| *v == ino);
+    }
+
+    /// Records that `inode` shows its upper object (a copy-up), no longer `lower`.
     pub fn shows_upper(&self, inode: &Inode, lower: Option<(u64, u64)>, upper: (u64, u64)) {
         if let Some(old) = lower {
             self.by_object.remove_if(&old, |_, v| *v == inode.ino);

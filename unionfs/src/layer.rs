@@ -126,7 +126,6 @@ impl Layers {
             let root = Arc::new(open_dir_path(path)?);
             let st = fstat_fd(root.as_fd())?;
             let dev = st.st_dev;
-            let uuid = crate::sys::fsops::fs_uuid(root.as_fd());
             let handles = nix::fcntl::openat(
                 root.as_fd(),
                 ".",
@@ -134,6 +133,10 @@ impl Layers {
                 Mode::empty(),
             )
             .ok();
+            // Asked on the readable root: an ioctl on an `O_PATH` descriptor fails (EBADF).
+            let uuid = handles
+                .as_ref()
+                .map_or([0; 16], |h| crate::sys::fsops::fs_uuid(h.as_fd()));
             Ok(Layer {
                 path: path.to_path_buf(),
                 root,

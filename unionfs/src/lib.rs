@@ -25,6 +25,8 @@ pub mod readdir;
 pub mod sys;
 pub mod teach;
 pub mod testhook;
+#[cfg(test)]
+mod testskip;
 pub mod trace;
 pub mod union;
 pub mod whiteout;

@@ -1441,16 +1441,28 @@ mod tests {
         let (l, u, m) = (s.dir("l"), s.dir("u"), s.dir("m"));
         let shm = Path::new("/dev/shm");
         let (Ok(a), Ok(b)) = (std::fs::metadata(shm), std::fs::metadata(&u)) else {
-            eprintln!("skipped: no /dev/shm");
+            crate::testskip::skip(
+                "validate_workdir_on_other_filesystem",
+                crate::testskip::Skip::Missing,
+                "no /dev/shm",
+            );
             return;
         };
         if a.dev() == b.dev() {
-            eprintln!("skipped: /dev/shm is on the temp dir's filesystem");
+            crate::testskip::skip(
+                "validate_workdir_on_other_filesystem",
+                crate::testskip::Skip::Missing,
+                "/dev/shm is on the temp dir's filesystem",
+            );
             return;
         }
         let w = shm.join(format!("unionfs-options-test-{}", std::process::id()));
         if std::fs::create_dir_all(&w).is_err() {
-            eprintln!("skipped: cannot create a directory in /dev/shm");
+            crate::testskip::skip(
+                "validate_workdir_on_other_filesystem",
+                crate::testskip::Skip::Missing,
+                "cannot create a directory in /dev/shm",
+            );
             return;
         }
         let r = validate(&opts(&[&l], Some(&u), Some(&w), &m));
@@ -1478,7 +1490,11 @@ mod tests {
             Some(data.as_str()),
         );
         if let Err(e) = mounted {
-            eprintln!("skipped: cannot mount an overlay: {e}");
+            crate::testskip::skip(
+                "validate_refuses_workdir_of_a_kernel_overlay",
+                crate::testskip::root_or_missing(),
+                &format!("cannot mount an overlay: {e}"),
+            );
             return;
         }
         let r = validate(&opts(&[&l], Some(&u), Some(&w), &m2));

@@ -18,13 +18,19 @@ use common::*;
 /// How long the daemon may take to mount, answer, or exit.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The name of the running test (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("cli test")
+        .to_string()
+}
+
 fn skip_unless_root() -> bool {
-    if is_root() {
-        false
-    } else {
-        println!("SKIPPED: needs root to mount FUSE and overlay file systems");
-        true
-    }
+    !require_root(
+        &test_name(),
+        "needs root to mount FUSE and overlay file systems",
+    )
 }
 
 fn opts(lower: &Path, upper: &Path, work: &Path, extra: &str) -> String {
@@ -413,7 +419,11 @@ fn misuse_one_line_errors() {
             m.clone(),
         ));
     } else {
-        println!("SKIPPED case: /dev/shm is on the same filesystem as /tmp");
+        skip(
+            &test_name(),
+            Skip::Missing,
+            "case \"workdir on another filesystem\": /dev/shm is on the same filesystem as /tmp",
+        );
     }
 
     let mut failures = Vec::new();
@@ -787,7 +797,11 @@ fn fsync_and_sparse_copyup() {
     }
     let lmd = fs::metadata(s.path("l/sparse")).unwrap_or_else(|e| panic!("stat: {e}"));
     if lmd.blocks() * 512 >= 1 << 20 {
-        println!("SKIPPED: /tmp does not keep the lower file sparse");
+        skip(
+            &test_name(),
+            Skip::Missing,
+            "/tmp does not keep the lower file sparse",
+        );
         return;
     }
     let mnt = s.path("m");
@@ -1075,7 +1089,11 @@ fn passthrough_all_reads_lower_file_without_the_daemon() {
         );
         let log = read_log(&log_path);
         if let Some(why) = passthrough_unavailable(&log) {
-            println!("SKIPPED: no FUSE passthrough here: {why}");
+            skip(
+                &test_name(),
+                Skip::Missing,
+                &format!("no FUSE passthrough here: {why}"),
+            );
             return;
         }
         reads.push((extra, read_requests(&log)));
@@ -1105,7 +1123,11 @@ fn passthrough_all_lower_reader_keeps_lower_after_copyup() {
         let all = extra == "passthrough=all";
         let (s, mnt, mut fg, log_path) = one_file_union_logged("cli-ptall-copyup", extra);
         if let Some(why) = passthrough_unavailable(&read_log(&log_path)) {
-            println!("SKIPPED: no FUSE passthrough here: {why}");
+            skip(
+                &test_name(),
+                Skip::Missing,
+                &format!("no FUSE passthrough here: {why}"),
+            );
             return;
         }
         let f = mnt.join("f");

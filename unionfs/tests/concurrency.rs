@@ -17,8 +17,10 @@ const LOWER_FILES: usize = 40;
 
 #[test]
 fn threads_create_rename_copyup_readdir() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount the kernel's overlay for the final check");
+    if !require_root(
+        "threads_create_rename_copyup_readdir",
+        "needs root to mount the kernel's overlay for the final check",
+    ) {
         return;
     }
     let s = Scratch::new("conc");

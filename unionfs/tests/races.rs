@@ -78,12 +78,7 @@ fn statx_sync(fd: &OwnedFd) -> Result<(u32, u64), i32> {
 }
 
 fn require_root(name: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: needs root to mount");
-    false
+    common::require_root(name, "needs root to mount")
 }
 
 /// A GETATTR of a file that is being renamed (the real rename done, the node not yet

@@ -385,21 +385,38 @@ impl Worker {
     }
 }
 
+/// The whole content through `f`, from offset 0.
+fn content(f: &fs::File) -> Result<Vec<u8>, Fail> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(io_fail("read")(e)),
+        }
+    }
+}
+
 /// Opens `p`, maps it, and copies the mapping into `sink` with a syscall: a page beyond a
 /// concurrent truncation then fails the copy with `EFAULT` instead of killing the worker
 /// with `SIGBUS`. `EFAULT` counts as such only if the file changed meanwhile (a truncation
-/// may have been followed by appends); otherwise the mapping failed to read: `EIO`.
+/// may have been followed by appends back to the same size: the content tells, since
+/// ctime ticks too coarsely to); otherwise the mapping failed to read: `EIO`.
 fn mmap_read(p: &Path, sink: &std::os::fd::OwnedFd) -> Result<(), Fail> {
     let f = fs::File::open(p).map_err(io_fail("open"))?;
     let before = f.metadata().map_err(io_fail("fstat"))?;
     if !before.is_file() || before.len() == 0 {
         return Ok(());
     }
+    let data = content(&f)?;
     match sys::copy_mapping(&f, before.len() as usize, sink) {
         Err(Errno::EFAULT) => {
             let after = f.metadata().map_err(io_fail("fstat"))?;
             let changed = (after.len(), after.ctime(), after.ctime_nsec())
-                != (before.len(), before.ctime(), before.ctime_nsec());
+                != (before.len(), before.ctime(), before.ctime_nsec())
+                || content(&f)? != data;
             Err(if changed {
                 Fail {
                     step: "copy from mapping (the file changed)",
@@ -1073,8 +1090,10 @@ fn stress_unionfs(tag: &str, extra: &str, disks: Disks) {
 
 #[test]
 fn same_names_unionfs_defaults() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE and the kernel's overlay");
+    if !require_root(
+        "same_names_unionfs_defaults",
+        "needs root to mount FUSE and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1083,8 +1102,10 @@ fn same_names_unionfs_defaults() {
 
 #[test]
 fn same_names_unionfs_nopassthrough_two_tmpfs() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE, tmpfs and the kernel's overlay");
+    if !require_root(
+        "same_names_unionfs_nopassthrough_two_tmpfs",
+        "needs root to mount FUSE, tmpfs and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1095,8 +1116,10 @@ fn same_names_unionfs_nopassthrough_two_tmpfs() {
 /// only the errnos `Op::allowed` lists, or the list is wrong.
 #[test]
 fn same_names_kernel_overlay_errnos() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount the kernel's overlay");
+    if !require_root(
+        "same_names_kernel_overlay_errnos",
+        "needs root to mount the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();
@@ -1243,8 +1266,10 @@ fn head_of_line(mnt: &Path, big: u64, copying: Option<&dyn Fn() -> bool>) -> Hea
 /// itself costs the stats on this machine.
 #[test]
 fn copyups_do_not_hold_up_stats_of_other_names() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount FUSE and the kernel's overlay");
+    if !require_root(
+        "copyups_do_not_hold_up_stats_of_other_names",
+        "needs root to mount FUSE and the kernel's overlay",
+    ) {
         return;
     }
     let _g = serial();

@@ -246,10 +246,10 @@ fn compare_with_mount(name: &str, set: &LayerSet, tree: Tree, mnt: &Path) -> Vec
 
 #[test]
 fn explain_agrees_with_kernel_overlay() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED explain_agrees_with_kernel_overlay: needs root (mounts the kernel's overlay)"
-        );
+    if !require_root(
+        "explain_agrees_with_kernel_overlay",
+        "needs root (mounts the kernel's overlay)",
+    ) {
         return;
     }
     let mut bad = Vec::new();
@@ -278,8 +278,10 @@ fn explain_agrees_with_kernel_overlay() {
 /// `explain` does.
 #[test]
 fn explain_agrees_with_unionfs_on_aufs_markers() {
-    if !is_root() {
-        eprintln!("SKIPPED explain_agrees_with_unionfs_on_aufs_markers: needs root (mounts)");
+    if !require_root(
+        "explain_agrees_with_unionfs_on_aufs_markers",
+        "needs root (mounts)",
+    ) {
         return;
     }
     let mut bad = Vec::new();
@@ -353,8 +355,10 @@ fn parent(p: &str) -> &str {
 
 #[test]
 fn diff_agrees_with_kernel_walk() {
-    if !is_root() {
-        eprintln!("SKIPPED diff_agrees_with_kernel_walk: needs root (mounts the kernel's overlay)");
+    if !require_root(
+        "diff_agrees_with_kernel_walk",
+        "needs root (mounts the kernel's overlay)",
+    ) {
         return;
     }
     for (name, tree) in TREES {
@@ -474,10 +478,10 @@ fn normalize(s: &str) -> String {
 
 #[test]
 fn trace_names_each_event_and_its_cause() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED trace_names_each_event_and_its_cause: needs root (mounts, chown, xattrs)"
-        );
+    if !require_root(
+        "trace_names_each_event_and_its_cause",
+        "needs root (mounts, chown, xattrs)",
+    ) {
         return;
     }
     let s = Scratch::new("teach-trace");
@@ -608,8 +612,7 @@ fn trace_names_each_event_and_its_cause() {
 
 #[test]
 fn trace_level_lookup_names_the_layer() {
-    if !is_root() {
-        eprintln!("SKIPPED trace_level_lookup_names_the_layer: needs root (mounts)");
+    if !require_root("trace_level_lookup_names_the_layer", "needs root (mounts)") {
         return;
     }
     let s = Scratch::new("teach-lookup");
@@ -653,8 +656,10 @@ fn unionfs_cmd(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn explain_finds_the_layers_of_live_mounts() {
-    if !is_root() {
-        eprintln!("SKIPPED explain_finds_the_layers_of_live_mounts: needs root (mounts)");
+    if !require_root(
+        "explain_finds_the_layers_of_live_mounts",
+        "needs root (mounts)",
+    ) {
         return;
     }
     let s = Scratch::new("teach-live");
@@ -836,10 +841,10 @@ fn explain_ids_are_named_as_in_the_trace() {
 /// `-o trace` without FILE writes to the daemon's stderr, which stays open with `-f`.
 #[test]
 fn trace_without_file_goes_to_stderr_in_the_foreground() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED trace_without_file_goes_to_stderr_in_the_foreground: needs root (mounts)"
-        );
+    if !require_root(
+        "trace_without_file_goes_to_stderr_in_the_foreground",
+        "needs root (mounts)",
+    ) {
         return;
     }
     let s = Scratch::new("teach-stderr");
@@ -906,8 +911,10 @@ fn paths_in(root: &Path) -> BTreeSet<PathBuf> {
 /// follows them as the kernel's lookup does on the next mount.
 #[test]
 fn explain_follows_redirects_as_the_kernel() {
-    if !is_root() {
-        eprintln!("SKIPPED explain_follows_redirects_as_the_kernel: needs root (mounts the kernel's overlay)");
+    if !require_root(
+        "explain_follows_redirects_as_the_kernel",
+        "needs root (mounts the kernel's overlay)",
+    ) {
         return;
     }
     let s = Scratch::new("teach-redirect");

@@ -24,8 +24,31 @@ pub fn need_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root (namespaces, mounts, cgroups)");
+    skip(
+        test,
+        "needs-root",
+        "needs root (namespaces, mounts, cgroups)",
+    );
     false
+}
+
+/// Reports a test (or part of one) that does not run: on the real stderr (libtest's
+/// capture only intercepts print!/eprint!) and as a line `KIND<TAB>TEST<TAB>-<TAB>REASON`
+/// appended to the file named by `UNIONFS_SKIP_LOG` (see scripts/test.sh); KIND is
+/// `needs-root`, `expected` or `missing`.
+pub fn skip(test: &str, kind: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({kind}): {test}: {reason}");
+    let Some(log) = std::env::var_os("UNIONFS_SKIP_LOG") else {
+        return;
+    };
+    let line = format!("{kind}\t{test}\t-\t{reason}\n");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("recording a skip in {log:?}: {e}"));
 }
 
 /// The runbox binary of this build (never through PATH).

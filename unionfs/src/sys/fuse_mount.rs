@@ -576,7 +576,11 @@ mod tests {
     #[test]
     fn direct_mount_shows_in_mountinfo() {
         if !can_mount() {
-            eprintln!("skipped: needs root and /dev/fuse");
+            crate::testskip::skip(
+                "direct_mount_shows_in_mountinfo",
+                crate::testskip::root_or_missing(),
+                "needs root and /dev/fuse",
+            );
             return;
         }
         let (mopts, sopts) = mount_and_check(false, &["ro", "default_permissions", "allow_root"]);
@@ -592,7 +596,11 @@ mod tests {
     #[test]
     fn fusermount_mount_shows_in_mountinfo() {
         if !can_mount() || !fusermount_bin().is_absolute() {
-            eprintln!("skipped: needs root, /dev/fuse and fusermount3");
+            crate::testskip::skip(
+                "fusermount_mount_shows_in_mountinfo",
+                crate::testskip::root_or_missing(),
+                "needs root, /dev/fuse and fusermount3",
+            );
             return;
         }
         let (mopts, sopts) = mount_and_check(true, &["allow_other", "noexec"]);
@@ -603,7 +611,11 @@ mod tests {
     #[test]
     fn fusermount_error_is_propagated() {
         if !fusermount_bin().is_absolute() {
-            eprintln!("skipped: needs fusermount3");
+            crate::testskip::skip(
+                "fusermount_error_is_propagated",
+                crate::testskip::Skip::Missing,
+                "needs fusermount3",
+            );
             return;
         }
         let dir = Scratch::new();

@@ -9,6 +9,51 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Why a test did not run, as `skip` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not run as root (`scripts/test.sh` refuses to run without root).
+    NeedsRoot,
+    /// Does not apply here by design (another test covers this machine's case).
+    Expected,
+    /// A check that should have run here and could not: fails CI.
+    Missing,
+}
+
+/// Reports a test (or a case of one) that does not run: on the real stderr (libtest's
+/// capture only intercepts print!/eprint!) and as a line `KIND<TAB>TEST<TAB>-<TAB>REASON`
+/// appended to the file named by `UNIONFS_SKIP_LOG` (set by `scripts/test.sh`, which
+/// lists the skips at the end and fails CI on a `missing` one).
+pub fn skip(name: &str, kind: Skip, reason: &str) {
+    use std::io::Write as _;
+    let word = match kind {
+        Skip::NeedsRoot => "needs-root",
+        Skip::Expected => "expected",
+        Skip::Missing => "missing",
+    };
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({word}): {name}: {reason}");
+    let Some(log) = std::env::var_os("UNIONFS_SKIP_LOG") else {
+        return;
+    };
+    let line = format!("{word}\t{name}\t-\t{reason}\n");
+    // One write in append mode: lines from tests running at once do not mix.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("recording a skip in {log:?}: {e}"));
+}
+
+/// False (after reporting the skip) unless run as root.
+pub fn require_root(name: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip(name, Skip::NeedsRoot, why);
+    false
+}
+
 /// The daemon built for this test run (never looked up through PATH: /usr/bin/unionfs is
 /// another program).
 pub fn bin() -> PathBuf {
