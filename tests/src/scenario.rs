@@ -366,7 +366,7 @@ where
     let mut errors = Vec::new();
     let before = {
         let mut g = layout
-            .mount(first)
+            .mount_with(first, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] mount {first:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, first, &sc.name);
         run_script(&layout.mnt, first == Target::Kernel, sc.umask, &script);
@@ -386,7 +386,7 @@ where
     layout.fresh_workdir();
     let after = {
         let mut g = layout
-            .mount(second)
+            .mount_with(second, &sc.mount_opts)
             .unwrap_or_else(|e| panic!("[{}] remount {second:?}: {e}", sc.name));
         let dog = Watchdog::start(&layout.mnt, second, &sc.name);
         let s = walk(g.path(), WalkKind::Merged, &sc.mtime_paths);

@@ -197,3 +197,14 @@ fn random_op_sequences_prepopulated_upper() {
         );
     run_random("random_op_sequences_prepopulated_upper", sc, 32);
 }
+
+/// The same operations with `redirect_dir=on`: the renames of d1, d2 and d1/b (directories
+/// with lower content) now succeed and write redirects, and what a moved directory merges
+/// must move with it.
+#[test]
+fn random_op_sequences_redirect_dir() {
+    let sc = scenario()
+        .mount_opts("redirect_dir=on")
+        .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
+    run_random("random_op_sequences_redirect_dir", sc, 64);
+}

@@ -291,6 +291,10 @@ pub struct State {
     pub lowers: Vec<Real>,
     /// The upper directory is known to carry the impure marker.
     pub impure: bool,
+    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
+    /// read by lookup from the upper directory, set when a rename writes one. A rename
+    /// that needs an absolute redirect builds it from these and the ancestors' names.
+    pub redirect: Option<OsString>,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
     /// Other names that reached the same lower hard link (and so the same node, the kernel
@@ -569,6 +573,7 @@ mod tests {
             upper,
             lowers: lower.into_iter().collect(),
             impure: false,
+            redirect: None,
             unlinked: false,
             aliases: Vec::new(),
         }

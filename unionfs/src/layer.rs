@@ -50,6 +50,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.impure",
         })
     }
+    /// Where a renamed directory's lower content is (`redirect_dir=on`).
+    pub fn redirect(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.redirect",
+            XattrNs::User => "user.overlay.redirect",
+        })
+    }
     /// Append-only and immutable (`a`, `i`), which are not set on the upper inode.
     pub fn protattr(self) -> &'static OsStr {
         OsStr::new(match self {

@@ -108,6 +108,13 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if opts.noacl || opts.squash_to_root {
         log::warn!("noacl and squash_to_root are not implemented yet; ignored");
     }
+    // As the kernel: its module's default, but with user xattrs redirects are neither
+    // written nor followed unless asked for.
+    let redirect = opts.redirect_dir.unwrap_or(if ns == XattrNs::User {
+        options::RedirectDir::NoFollow
+    } else {
+        options::RedirectDir::kernel_default()
+    });
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
     let config = Config {
@@ -119,6 +126,8 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }),
         dir_fd_budget: 0,
         xino_on: opts.xino_on,
+        redirect_create: redirect.creates(),
+        redirect_follow: redirect.follows(),
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

@@ -13,16 +13,17 @@ use std::path::{Path, PathBuf};
 use clap::error::ErrorKind;
 use clap::{ArgAction, Parser};
 
-/// What `redirect_dir=` asked for. Semantics follow the kernel overlayfs option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What `redirect_dir=` asked for. Semantics follow the kernel overlayfs option
+/// (overlayfs.rst, "Redirect dir").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedirectDir {
-    /// Do not create redirects when renaming merged directories (rename gets EXDEV); existing
-    /// redirects are still followed, as the kernel does with `redirect_always_follow`.
+    /// Do not create redirects (renaming a directory with lower content gives EXDEV);
+    /// follow existing ones if the kernel's `redirect_always_follow` is on (the default),
+    /// as the kernel's `off` does.
     Off,
     /// Create redirects on directory rename and follow them.
     On,
-    /// Follow existing redirects, never create new ones. The default, as on most kernels.
-    #[default]
+    /// Follow existing redirects, never create new ones.
     Follow,
     /// Neither follow nor create redirects.
     NoFollow,
@@ -38,6 +39,44 @@ impl RedirectDir {
             RedirectDir::NoFollow => "nofollow",
         }
     }
+
+    /// The kernel's default on this machine, from the overlay module's parameters
+    /// (`redirect_dir`, `redirect_always_follow`; their build defaults when the module is
+    /// not loaded): on, else follow, else nofollow.
+    pub fn kernel_default() -> RedirectDir {
+        if module_param("redirect_dir").unwrap_or(false) {
+            RedirectDir::On
+        } else if always_follow() {
+            RedirectDir::Follow
+        } else {
+            RedirectDir::NoFollow
+        }
+    }
+
+    /// Whether redirects are written (directories with lower content can be renamed).
+    pub fn creates(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    /// Whether redirects are followed on lookup.
+    pub fn follows(self) -> bool {
+        match self {
+            RedirectDir::On | RedirectDir::Follow => true,
+            RedirectDir::NoFollow => false,
+            RedirectDir::Off => always_follow(),
+        }
+    }
+}
+
+/// The kernel's `redirect_always_follow` (on unless the module says otherwise).
+fn always_follow() -> bool {
+    module_param("redirect_always_follow").unwrap_or(true)
+}
+
+/// A boolean parameter of the overlay module, if it is loaded.
+fn module_param(name: &str) -> Option<bool> {
+    let v = std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}")).ok()?;
+    Some(v.trim() == "Y")
 }
 
 /// What `passthrough=` asked for: whose file data the kernel reads and writes itself (FUSE
@@ -146,7 +185,9 @@ pub struct Options {
     /// opaque (the kernel's "no offline changes" rule). Inode numbers are unique across
     /// the layers' filesystems with every value (one FUSE st_dev for all files).
     pub xino_on: bool,
-    pub redirect_dir: RedirectDir,
+    /// `redirect_dir=`; None when not given (the daemon then takes the kernel's default,
+    /// see `RedirectDir::kernel_default`).
+    pub redirect_dir: Option<RedirectDir>,
     /// `passthrough[=MODE]` or `nopassthrough`; None when not given (the daemon then picks
     /// `Upper` as root, `Off` otherwise).
     pub passthrough: Option<Passthrough>,
@@ -199,10 +240,15 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   volatile               Do not fsync copied-up data before it is put into place, as
                          the kernel's option (faster; a crash may lose recent copy-ups).
   fsync=0|1              fsync=0 is the same as volatile; fsync=1 is the default.
-  redirect_dir=off|on|follow|nofollow
-                         Accepted for compatibility. Renaming a directory that has lower
-                         content gives EXDEV (as the kernel with redirect_dir=off), so that
-                         mv copies it; writing redirects is not implemented yet.
+  redirect_dir=on|follow|nofollow|off
+                         As the kernel's overlay. on: renaming a directory that has lower
+                         content writes a redirect (*.overlay.redirect) to where its lower
+                         content is, and lookups follow redirects. follow: follow existing
+                         redirects, but such a rename gives EXDEV (so that mv copies the
+                         directory). nofollow: neither. off: follow if the kernel's
+                         redirect_always_follow is on, else nofollow; never create. Default:
+                         the kernel's (its overlay module parameters; here follow), and
+                         nofollow with userxattr, as the kernel.
   passthrough=upper|all|off
                          FUSE passthrough of file data (the kernel reads and writes the
                          real file directly). upper: upper files only (default as root;
@@ -366,7 +412,7 @@ struct Builder {
     userxattr: bool,
     volatile: bool,
     xino_on: bool,
-    redirect_dir: RedirectDir,
+    redirect_dir: Option<RedirectDir>,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
     noacl: bool,
@@ -479,7 +525,7 @@ impl Builder {
             }
             b"redirect_dir" => {
                 self.once("redirect_dir", "redirect_dir")?;
-                self.redirect_dir = match value_of("redirect_dir")? {
+                self.redirect_dir = Some(match value_of("redirect_dir")? {
                     b"off" => RedirectDir::Off,
                     b"on" => RedirectDir::On,
                     b"follow" => RedirectDir::Follow,
@@ -490,7 +536,7 @@ impl Builder {
                             String::from_utf8_lossy(v)
                         ))
                     }
-                };
+                });
             }
             b"threads" => {
                 self.once("threads", "threads")?;
@@ -888,7 +934,7 @@ mod tests {
         assert!(o.read_only);
         assert_eq!(o.kernel_opts, vec![KernelOpt::Ro]);
         assert!(!o.foreground && !o.debug);
-        assert_eq!(o.redirect_dir, RedirectDir::Follow);
+        assert_eq!(o.redirect_dir, None);
         assert!(o.warnings.is_empty());
     }
 
@@ -1082,12 +1128,12 @@ mod tests {
             "/m",
         ]);
         assert!(o.volatile && o.noacl && o.squash_to_root);
-        assert_eq!(o.redirect_dir, RedirectDir::NoFollow);
+        assert_eq!(o.redirect_dir, Some(RedirectDir::NoFollow));
         assert_eq!(o.passthrough, Some(Passthrough::Upper));
         assert_eq!(o.threads, Some(4));
         let o = run(&["-o", "lowerdir=/a,nopassthrough,redirect_dir=off", "/m"]);
         assert_eq!(o.passthrough, Some(Passthrough::Off));
-        assert_eq!(o.redirect_dir, RedirectDir::Off);
+        assert_eq!(o.redirect_dir, Some(RedirectDir::Off));
     }
 
     #[test]

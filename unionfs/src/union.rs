@@ -39,6 +39,10 @@ pub struct Config {
     pub dir_fd_budget: usize,
     /// `xino=on` (see `Options::xino_on`).
     pub xino_on: bool,
+    /// `redirect_dir=on`: renaming a directory with lower content writes a redirect.
+    pub redirect_create: bool,
+    /// Lookups follow redirects (`redirect_dir=on|follow`).
+    pub redirect_follow: bool,
 }
 
 /// Attributes as the union shows them.
@@ -108,6 +112,8 @@ pub trait Invalidate: Send + Sync {
 }
 
 pub struct UnionFs {
+    /// How lookups treat redirects.
+    pub redirects: crate::lookup::Redirects,
     /// Set once the session exists.
     pub invalidator: Arc<std::sync::OnceLock<Box<dyn Invalidate>>>,
     pub layers: Layers,
@@ -158,18 +164,21 @@ impl UnionFs {
             u.xpath()
                 .is_ok_and(|x| crate::whiteout::has_opaque_xattr(&x, layers.ns))
         });
+        let mut roots = Vec::new();
+        for (i, l) in layers.lowers.iter().enumerate() {
+            let fd = nix::fcntl::openat(
+                l.fd(),
+                ".",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            roots.push(root_of(fd, LayerRef::Lower(i))?);
+        }
         let mut lowers = Vec::new();
         if !opaque {
-            for (i, l) in layers.lowers.iter().enumerate() {
-                let fd = nix::fcntl::openat(
-                    l.fd(),
-                    ".",
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let r = root_of(fd, LayerRef::Lower(i))?;
+            for r in &roots {
                 let stop = crate::whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
-                lowers.push(r);
+                lowers.push(r.clone());
                 if stop {
                     break;
                 }
@@ -189,10 +198,16 @@ impl UnionFs {
             upper,
             lowers,
             impure,
+            redirect: None,
             unlinked: false,
             aliases: Vec::new(),
         });
+        let redirects = crate::lookup::Redirects {
+            follow: config.redirect_follow,
+            roots,
+        };
         Ok(UnionFs {
+            redirects,
             invalidator: Arc::new(std::sync::OnceLock::new()),
             layers,
             inodes,
@@ -321,7 +336,7 @@ impl UnionFs {
         }
         let found = {
             let pst = p.state.read();
-            crate::lookup::resolve(&self.layers, &pst, name)?
+            crate::lookup::resolve(&self.layers, &self.redirects, &pst, name)?
         };
         let found = found.ok_or(Errno::ENOENT)?;
         if found.fix_origin && !self.layers.read_only() {
