@@ -11,7 +11,9 @@
 //! * upper dir: nlink of whiteouts (the kernel hard-links whiteouts to a
 //!   shared one in workdir), `trusted.overlay.origin` (a file handle of a
 //!   different copy: presence only), `trusted.overlay.impure` (presence
-//!   only), `trusted.overlay.uuid` (random per filesystem instance).
+//!   only), `trusted.overlay.uuid` (random per filesystem instance). Every other
+//!   overlay xattr is compared by value, `*.overlay.redirect` included: unionfs must
+//!   write the kernel's redirects byte for byte.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -174,8 +174,15 @@ impl Search {
     }
 }
 
-/// The redirect of a directory, checked as the kernel checks it: an absolute path with no
-/// empty element, or one name.
+/// A redirect the kernel accepts: an absolute path with no empty element, or one name.
+fn valid_redirect(v: &[u8]) -> bool {
+    match v.strip_prefix(b"/") {
+        Some(path) => path.split(|b| *b == b'/').all(|e| !e.is_empty()),
+        None => !v.is_empty() && !v.contains(&b'/'),
+    }
+}
+
+/// The redirect of a directory, checked as the kernel checks it.
 pub fn read_redirect(layers: &Layers, dir: &Real) -> Result<Option<Vec<u8>>> {
     let Some(v) = crate::sys::fsops::getxattr_vec(&dir.xpath()?, layers.ns.redirect())
         .ok()
@@ -183,11 +190,7 @@ pub fn read_redirect(layers: &Layers, dir: &Real) -> Result<Option<Vec<u8>>> {
     else {
         return Ok(None);
     };
-    let valid = match v.strip_prefix(b"/") {
-        Some(path) => path.split(|b| *b == b'/').all(|e| !e.is_empty()),
-        None => !v.is_empty() && !v.contains(&b'/'),
-    };
-    if !valid {
+    if !valid_redirect(&v) {
         log::warn!("invalid redirect {:?}", String::from_utf8_lossy(&v));
         return Err(Errno::EINVAL);
     }
@@ -388,5 +391,50 @@ pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
     match l {
         LayerRef::Upper => 0,
         LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(name: &str) -> Search {
+        Search {
+            name: name.as_bytes().to_vec(),
+            redirected: false,
+            stop: true,
+            is_dir: false,
+        }
+    }
+
+    #[test]
+    fn redirects_rewrite_the_searched_path() {
+        // The last element of a name: replaced.
+        let mut d = search("b");
+        d.redirect(b"a", 0, b"");
+        assert_eq!((d.name.as_slice(), d.redirected), (&b"a"[..], true));
+        // A middle element of an absolute path: the prefix and the rest stay.
+        let mut d = search("/x/y/z");
+        d.redirect(b"w", 3, b"/z");
+        assert_eq!(d.name, b"/x/w/z");
+        assert!(
+            d.stop,
+            "a relative redirect does not undo an opaque ancestor"
+        );
+        // An absolute one replaces the prefix, and reaches below an opaque ancestor.
+        let mut d = search("/x/y/z");
+        d.redirect(b"/p/q", 3, b"/z");
+        assert_eq!(d.name, b"/p/q/z");
+        assert!(!d.stop && d.absolute());
+    }
+
+    #[test]
+    fn redirect_values_checked_as_the_kernel() {
+        for ok in ["a", "/a", "/a/b c/d", "a b"] {
+            assert!(valid_redirect(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "a/b", "/", "//a", "/a//b", "/a/"] {
+            assert!(!valid_redirect(bad.as_bytes()), "{bad}");
+        }
     }
 }
