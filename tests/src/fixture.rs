@@ -224,7 +224,8 @@ impl Layout {
                 // built. With userxattr the kernel takes only redirect_dir=nofollow (which
                 // neither creates nor follows redirects).
                 let mut kopts = opts.clone();
-                if !extra.contains("redirect_dir=") {
+                // metacopy=on implies redirect_dir=on there (and refuses another).
+                if !extra.contains("redirect_dir=") && !extra.contains("metacopy=on") {
                     let redirect = if opts.contains("userxattr") {
                         "nofollow"
                     } else {

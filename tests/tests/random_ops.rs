@@ -208,3 +208,15 @@ fn random_op_sequences_redirect_dir() {
         .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
     run_random("random_op_sequences_redirect_dir", sc, 64);
 }
+
+/// The same operations with `metacopy=on` (which implies `redirect_dir=on`): metadata
+/// changes, renames and links of lower files copy up no data, later writes and truncates
+/// do.
+#[test]
+fn random_op_sequences_metacopy() {
+    let sc =
+        scenario()
+            .mount_opts("metacopy=on")
+            .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
+    run_random("random_op_sequences_metacopy", sc, 64);
+}

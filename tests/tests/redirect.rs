@@ -346,3 +346,119 @@ fn redirect_kernel_then_unionfs() {
         rename_script,
     );
 }
+
+// ---- metacopy=on: metadata-only copy-up ------------------------------------------
+
+fn meta(name: &str) -> Scenario {
+    Scenario::new(name)
+        .lower(lower1().file("big", 0o644, "0123456789".repeat(1000)))
+        .lower(lower2())
+        .mount_opts("metacopy=on")
+}
+
+#[test]
+fn metacopy_metadata_changes_copy_no_data() {
+    meta("metacopy_metadata_changes_copy_no_data")
+        .mtime_of("f")
+        .run(|o| {
+            o.chmod("f", 0o600);
+            o.chown("d/a", 1000, 1000);
+            o.utimes("f", 100, 200);
+            o.setxattr("d/c", "user.k", "v");
+            o.setxattr("big", "user.k", "v");
+            o.removexattr("big", "user.k");
+            o.read("f");
+            o.read("d/a");
+            o.read("d/c");
+            o.read("big");
+            o.stat("big");
+            o.ino_as_layer("f", "l1", "f");
+            o.want("ok same");
+            o.ino_as_layer("d/c", "l2", "d/c");
+            o.want("ok same");
+            o.readdir("d");
+        });
+}
+
+#[test]
+fn metacopy_data_copied_on_write_open_and_truncate() {
+    meta("metacopy_data_copied_on_write_open_and_truncate").run(|o| {
+        o.chmod("f", 0o600);
+        o.chmod("big", 0o640);
+        o.chmod("d/a", 0o640);
+        let slot = o.open_keep("big", difftests::OFlag::O_RDONLY);
+        o.append("f", "+more\n");
+        o.read("f");
+        o.truncate("big", 5000);
+        o.fd_read(slot);
+        o.close(slot);
+        o.read("big");
+        o.write_flags(
+            "d/a",
+            difftests::OFlag::O_WRONLY | difftests::OFlag::O_TRUNC,
+            0o644,
+            "new a",
+        );
+        o.read("d/a");
+        o.ino_as_layer("big", "l1", "big");
+        o.want("ok same");
+    });
+}
+
+#[test]
+fn metacopy_rename_and_link_write_redirects() {
+    meta("metacopy_rename_and_link_write_redirects").run(|o| {
+        // A lower file renamed or linked copies up metadata only, with a redirect to
+        // its data (relative in the same directory, else absolute).
+        o.rename("f", "g");
+        o.want("ok");
+        o.read("g");
+        o.rename("d/c", "d/c2");
+        o.read("d/c2");
+        o.rename("d/c2", "m/c3");
+        o.read("m/c3");
+        o.link("big", "d/big2");
+        o.want("ok");
+        o.read("d/big2");
+        o.same_ino("big", "d/big2");
+        o.unlink("big");
+        o.read("d/big2");
+        o.rename("d", "e");
+        o.read("e/a");
+        o.append("m/c3", "+");
+        o.read("m/c3");
+        o.readdir("");
+        o.readdir("m");
+    });
+}
+
+fn meta_script(o: &mut Ops) {
+    o.chmod("f", 0o600);
+    o.setxattr("d/c", "user.k", "v");
+    o.rename("d/a", "d/a2");
+    o.rename("d/b", "m/b2");
+    o.link("big", "m/big2");
+    o.chown("d/sub/deep", 1000, 1000);
+    o.append("d/sub/l2only", "+");
+    o.rename("d", "e");
+}
+
+#[test]
+fn metacopy_unionfs_then_kernel() {
+    remount_check(
+        &meta("fmt_a_metacopy"),
+        target(),
+        Target::Kernel,
+        meta_script,
+    );
+}
+
+#[test]
+fn metacopy_kernel_then_unionfs() {
+    remount_check(
+        &meta("fmt_b_metacopy"),
+        Target::Kernel,
+        target(),
+        meta_script,
+    );
+}

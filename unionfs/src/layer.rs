@@ -50,6 +50,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.impure",
         })
     }
+    /// An upper regular file whose data is still its lower file's (`metacopy=on`).
+    pub fn metacopy(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.metacopy",
+            XattrNs::User => "user.overlay.metacopy",
+        })
+    }
     /// Where a renamed directory's lower content is (`redirect_dir=on`).
     pub fn redirect(self) -> &'static OsStr {
         OsStr::new(match self {

@@ -85,8 +85,10 @@ pub struct Found {
     pub impure: bool,
     /// A merged directory whose upper has no origin record yet.
     pub fix_origin: bool,
-    /// The upper directory's redirect.
+    /// The upper directory's redirect (or a metadata-only copy's).
     pub redirect: Option<OsString>,
+    /// The upper object is a metadata-only copy of `lowers[0]`.
+    pub metacopy: bool,
 }
 
 impl Found {
@@ -98,6 +100,7 @@ impl Found {
             lowers: self.lowers,
             impure: self.impure,
             redirect: self.redirect,
+            metacopy: self.metacopy,
             unlinked: false,
             aliases: Vec::new(),
         }
@@ -136,6 +139,9 @@ pub struct Redirects {
     pub follow: bool,
     /// Every lower layer's root, top-down: where an absolute redirect is looked up.
     pub roots: Vec<Real>,
+    /// `metacopy=on`: a metadata-only upper copy shows its lower file's data. Without,
+    /// finding one fails the lookup with EPERM, as in the kernel.
+    pub metacopy: bool,
 }
 
 /// What the lookup of one name has learnt so far, as the kernel's `ovl_lookup_data`.
@@ -149,6 +155,8 @@ struct Search {
     stop: bool,
     /// A directory was found (so a non-directory below ends the search).
     is_dir: bool,
+    /// A metadata-only copy was found: its data is a regular file below.
+    metacopy: bool,
 }
 
 impl Search {
@@ -228,11 +236,14 @@ fn lookup_layer(
         };
         let r = real(loc, &st, LayerRef::Lower(idx));
         if !is_dir(&st) {
-            // A non-directory shows only when nothing above it did, and ends the search.
+            // A non-directory shows only when nothing above it did (or as the data of a
+            // metadata-only copy, then a regular file), and ends the search.
             d.stop = true;
-            if d.is_dir || !last_elem {
+            let reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+            if d.is_dir || !last_elem || (d.metacopy && !reg) {
                 return Ok(None);
             }
+            d.metacopy = false;
             return Ok(Some((r, st)));
         }
         if last_elem {
@@ -276,6 +287,7 @@ pub fn resolve(
         redirected: false,
         stop: false,
         is_dir: false,
+        metacopy: false,
     };
     let mut upper: Option<(Real, FileStat)> = None;
     let mut upper_redirect = None;
@@ -285,10 +297,20 @@ pub fn resolve(
             Probe::Missing => {}
             Probe::Found(loc, st) => {
                 let r = real(loc, &st, LayerRef::Upper);
-                if !is_dir(&st) || whiteout::has_opaque_xattr(&r.xpath()?, layers.ns) {
+                // Only a copy-up makes a metadata-only copy, and it marks the parent
+                // impure: a pure parent spares us the xattr read.
+                let metacopy = parent.impure
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && crate::sys::fsops::getxattr_vec(&r.xpath()?, layers.ns.metacopy())
+                        .ok()
+                        .flatten()
+                        .is_some();
+                let opaque = is_dir(&st) && whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
+                if (!is_dir(&st) && !metacopy) || opaque {
                     d.stop = true;
                 } else {
-                    d.is_dir = true;
+                    d.is_dir = !metacopy;
+                    d.metacopy = metacopy;
                     // Read even when not followed (then lower content found through it
                     // fails the lookup below), as the kernel does.
                     if redirects.follow || !parent.lowers.is_empty() {
@@ -324,6 +346,11 @@ pub fn resolve(
             continue;
         };
         lowers.push(found);
+        let upper_metacopy = upper.is_some() && !d.is_dir && !lowers.is_empty();
+        if upper_metacopy && !redirects.metacopy {
+            log::warn!("refusing to follow the metadata-only copy {name:?} (metacopy=off)");
+            return Err(Errno::EPERM);
+        }
         if d.redirected && !redirects.follow {
             log::warn!("refusing to follow the redirect of {name:?} (redirect_dir=nofollow)");
             return Err(Errno::EPERM);
@@ -333,6 +360,15 @@ pub fn resolve(
             stack = &redirects.roots;
             i = idx + 1;
         }
+    }
+    if d.metacopy {
+        log::warn!("metadata-only copy {name:?} without lower data");
+        return Err(Errno::EIO);
+    }
+    let metacopy = upper.as_ref().is_some_and(|(_, st)| !is_dir(st)) && !lowers.is_empty();
+    if let (true, Some((_, ust)), Some((_, lst))) = (metacopy, upper.as_mut(), lowers.first()) {
+        // Its blocks are the data's, as the kernel reports them.
+        ust.st_blocks = lst.st_blocks;
     }
     let (st, kind) = match (&upper, lowers.first()) {
         (Some((_, st)), _) | (None, Some((_, st))) => (*st, st.st_mode & libc::S_IFMT),
@@ -377,6 +413,7 @@ pub fn resolve(
     };
     Ok(Some(Found {
         redirect: upper_redirect,
+        metacopy,
         fix_origin,
         kind,
         upper: upper.map(|(r, _)| r),
@@ -404,6 +441,7 @@ mod tests {
             redirected: false,
             stop: true,
             is_dir: false,
+            metacopy: false,
         }
     }
 

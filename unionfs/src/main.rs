@@ -110,11 +110,19 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     }
     // As the kernel: its module's default, but with user xattrs redirects are neither
     // written nor followed unless asked for.
-    let redirect = opts.redirect_dir.unwrap_or(if ns == XattrNs::User {
+    // metacopy needs redirect_dir=on: by default it turns redirects on, and a redirect_dir
+    // given otherwise turns a default metacopy off.
+    let metacopy = opts
+        .metacopy
+        .unwrap_or(ns == XattrNs::Trusted && options::kernel_metacopy());
+    let redirect = opts.redirect_dir.unwrap_or(if metacopy {
+        options::RedirectDir::On
+    } else if ns == XattrNs::User {
         options::RedirectDir::NoFollow
     } else {
         options::RedirectDir::kernel_default()
     });
+    let metacopy = metacopy && redirect == options::RedirectDir::On;
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
     let config = Config {
@@ -128,6 +136,7 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         xino_on: opts.xino_on,
         redirect_create: redirect.creates(),
         redirect_follow: redirect.follows(),
+        metacopy,
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

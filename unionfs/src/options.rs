@@ -68,6 +68,12 @@ impl RedirectDir {
     }
 }
 
+/// The kernel's default for `metacopy` (its overlay module's parameter; off when the
+/// module is not loaded).
+pub fn kernel_metacopy() -> bool {
+    module_param("metacopy").unwrap_or(false)
+}
+
 /// The kernel's `redirect_always_follow` (on unless the module says otherwise).
 fn always_follow() -> bool {
     module_param("redirect_always_follow").unwrap_or(true)
@@ -188,6 +194,9 @@ pub struct Options {
     /// `redirect_dir=`; None when not given (the daemon then takes the kernel's default,
     /// see `RedirectDir::kernel_default`).
     pub redirect_dir: Option<RedirectDir>,
+    /// `metacopy=`; None when not given (the kernel's default, see `kernel_metacopy`).
+    /// Given `on`, `redirect_dir` is `on` too unless given otherwise, which is refused.
+    pub metacopy: Option<bool>,
     /// `passthrough[=MODE]` or `nopassthrough`; None when not given (the daemon then picks
     /// `Upper` as root, `Off` otherwise).
     pub passthrough: Option<Passthrough>,
@@ -262,9 +271,14 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
                          value (FUSE has one st_dev). With on, as the kernel's overlay,
                          a new directory in a merged one is made opaque.
-  index=off, metacopy=off
-                         Accepted for kernel overlayfs compatibility; no effect.
-                         index=on, metacopy=on, uidmapping= and gidmapping= are refused.
+  metacopy=on|off        As the kernel's overlay. on: chmod, chown, utimes, xattr and
+                         flag changes, rename and link of a lower regular file copy up its
+                         metadata only (*.overlay.metacopy); its data is read from the lower
+                         file until the first open for writing or truncate copies it. Implies
+                         redirect_dir=on (another redirect_dir is refused). Default: the
+                         kernel's (its overlay module parameter; here off).
+  index=off              Accepted for kernel overlayfs compatibility; no effect.
+                         index=on, uidmapping= and gidmapping= are refused.
 Mount options passed to the kernel:
   allow_other, allow_root, default_permissions, ro, rw, nodev, dev, nosuid, suid, noexec, exec,
   noatime, atime, sync, async, dirsync
@@ -413,6 +427,7 @@ struct Builder {
     volatile: bool,
     xino_on: bool,
     redirect_dir: Option<RedirectDir>,
+    metacopy: Option<bool>,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
     noacl: bool,
@@ -583,19 +598,31 @@ impl Builder {
                     }
                 }
             }
-            b"index" | b"metacopy" => {
-                let name = if key == b"index" { "index" } else { "metacopy" };
-                self.once(name, name)?;
-                match value_of(name)? {
+            b"index" => {
+                self.once("index", "index")?;
+                match value_of("index")? {
                     b"off" => {}
-                    b"on" => return err(format!("{name}=on is not supported")),
+                    b"on" => return err("index=on is not supported"),
                     v => {
                         return err(format!(
-                            "invalid value '{}' for {name} (expected off)",
+                            "invalid value '{}' for index (expected off)",
                             String::from_utf8_lossy(v)
                         ))
                     }
                 }
+            }
+            b"metacopy" => {
+                self.once("metacopy", "metacopy")?;
+                self.metacopy = Some(match value_of("metacopy")? {
+                    b"off" => false,
+                    b"on" => true,
+                    v => {
+                        return err(format!(
+                            "invalid value '{}' for metacopy (expected on or off)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                });
             }
             // Refused rather than ignored: silently ignoring an id mapping would show wrong
             // owners and write files with the wrong ids.
@@ -644,6 +671,16 @@ impl Builder {
             self.kernel_opts.push(KernelOpt::Ro);
             read_only = true;
         }
+        if let (Some(true), Some(r)) = (self.metacopy, self.redirect_dir) {
+            if r != RedirectDir::On {
+                // As the kernel: metacopy needs redirects (a renamed metadata-only copy
+                // finds its data through one).
+                return err(format!(
+                    "conflicting options: metacopy=on,redirect_dir={}",
+                    r.as_str()
+                ));
+            }
+        }
         Ok(Options {
             lowerdirs,
             upperdir: self.upperdir,
@@ -655,6 +692,7 @@ impl Builder {
             volatile: self.volatile,
             xino_on: self.xino_on,
             redirect_dir: self.redirect_dir,
+            metacopy: self.metacopy,
             passthrough: self.passthrough,
             threads: self.threads,
             noacl: self.noacl,
@@ -1188,9 +1226,11 @@ mod tests {
             fail(&["-o", "lowerdir=/a,index=on", "/m"]),
             "index=on is not supported"
         );
+        let o = run(&["-o", "lowerdir=/a,metacopy=on", "/m"]);
+        assert_eq!((o.metacopy, o.redirect_dir), (Some(true), None));
         assert_eq!(
-            fail(&["-o", "lowerdir=/a,metacopy=on", "/m"]),
-            "metacopy=on is not supported"
+            fail(&["-o", "lowerdir=/a,metacopy=on,redirect_dir=follow", "/m"]),
+            "conflicting options: metacopy=on,redirect_dir=follow"
         );
         assert!(fail(&["-o", "lowerdir=/a,uidmapping=0:1000:1", "/m"]).contains("not supported"));
         assert!(fail(&["-o", "lowerdir=/a,gidmapping=0:1000:1", "/m"]).contains("not supported"));

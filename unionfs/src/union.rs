@@ -43,6 +43,8 @@ pub struct Config {
     pub redirect_create: bool,
     /// Lookups follow redirects (`redirect_dir=on|follow`).
     pub redirect_follow: bool,
+    /// `metacopy=on`: changes of a lower regular file's metadata copy up no data.
+    pub metacopy: bool,
 }
 
 /// Attributes as the union shows them.
@@ -199,12 +201,14 @@ impl UnionFs {
             lowers,
             impure,
             redirect: None,
+            metacopy: false,
             unlinked: false,
             aliases: Vec::new(),
         });
         let redirects = crate::lookup::Redirects {
             follow: config.redirect_follow,
             roots,
+            metacopy: config.metacopy,
         };
         Ok(UnionFs {
             redirects,
@@ -315,7 +319,11 @@ impl UnionFs {
     pub fn attr_of(&self, inode: &Inode) -> Result<Attr> {
         let st = inode.state.read();
         let real = st.real().ok_or(Errno::ESTALE)?;
-        let fst = real.stat()?;
+        let mut fst = real.stat()?;
+        if let (true, Some(data)) = (st.metacopy, st.lowers.first()) {
+            // A metadata-only copy's blocks are its data's, as the kernel reports them.
+            fst.st_blocks = data.stat()?.st_blocks;
+        }
         let ino = if inode.ino == ROOT {
             self.root_ino
         } else {

@@ -84,10 +84,10 @@ impl UnionFs {
         } else if a.atime.is_some() || a.mtime.is_some() {
             self.check(&inode, Change::Touch)?;
         }
-        let data = if a.size == Some(0) {
-            Data::Skip
-        } else {
-            Data::Copy
+        let data = match a.size {
+            Some(0) => Data::Skip,
+            Some(_) => Data::Copy,
+            None => Data::Meta,
         };
         let upper = ensure_upper(self, &inode, data)?;
         if a.is_empty() {

@@ -218,6 +218,7 @@ impl UnionFs {
             lowers: Vec::new(),
             impure: false,
             redirect: None,
+            metacopy: false,
             unlinked: false,
             aliases: Vec::new(),
         };
@@ -297,8 +298,12 @@ impl UnionFs {
         let p = self.parent_dir(newparent)?;
         self.check(&src, Change::Unlink)?;
         self.check(&p, Change::AddEntry)?;
-        let su = ensure_upper(self, &src, Data::Copy)?;
+        let su = ensure_upper(self, &src, Data::Meta)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
+        if src.state.read().metacopy {
+            // Every name of a metadata-only copy must find its data: an absolute redirect.
+            self.set_redirect(&src, &su, false)?;
+        }
         let pdir_fd = pu.dir()?;
         let pdir = pdir_fd.as_fd();
         match su.link_to(pdir, newname) {
@@ -476,12 +481,12 @@ impl UnionFs {
         }
         let src_had_lower = has_lower(&src.node);
         let src_had_upper = src.node.state.read().upper.is_some();
-        let su = ensure_upper(self, &src.node, Data::Copy)?;
+        let su = ensure_upper(self, &src.node, Data::Meta)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let npu = ensure_upper(self, &np, Data::Copy)?;
         if let Some(d) = &dst {
             if exchange {
-                ensure_upper(self, &d.node, Data::Copy)?;
+                ensure_upper(self, &d.node, Data::Meta)?;
             }
         }
         // Leave a whiteout where a lower layer shows the old name (see `remove`).
@@ -492,7 +497,8 @@ impl UnionFs {
         // it: names below the new place must not show through it.
         let ns = self.layers.ns;
         let samedir = parent == newparent;
-        if src.node.is_dir() && has_lower(&src.node) {
+        let metacopy = |n: &Inode| n.state.read().metacopy;
+        if (src.node.is_dir() && has_lower(&src.node)) || metacopy(&src.node) {
             self.set_redirect(&src.node, &su, samedir)?;
         } else if src.node.is_dir()
             && has_lower(&np)
@@ -502,7 +508,9 @@ impl UnionFs {
         }
         if let (true, Some(d)) = (exchange, &dst) {
             let du = d.node.state.read().upper.clone();
-            if let (true, Some(du)) = (d.node.is_dir(), du) {
+            if let (Some(du), true) = (&du, metacopy(&d.node)) {
+                self.set_redirect(&d.node, du, samedir)?;
+            } else if let (true, Some(du)) = (d.node.is_dir(), du) {
                 if has_lower(&d.node) {
                     self.set_redirect(&d.node, &du, samedir)?;
                 } else if has_lower(&p) && !crate::whiteout::has_opaque_xattr(&du.xpath()?, ns) {
@@ -609,23 +617,30 @@ impl UnionFs {
 const REDIRECT_MAX: usize = 256;
 
 impl UnionFs {
-    /// Records, before a directory with lower content moves, where that content is (the
-    /// kernel's `ovl_set_redirect`): its name when it stays in its directory, else the
+    /// Records, before a directory with lower content (or a metadata-only copy) moves,
+    /// where that content is (the kernel's `ovl_set_redirect`): its name when it stays in
+    /// its directory (and is no lower hard link), else the
     /// absolute path of its lower part, made of its own and its ancestors' names, each
     /// replaced by its redirect where it has one. A redirect that already says enough is
     /// kept. When none can be written the rename fails with EXDEV (so `mv` copies the
     /// directory), as in the kernel.
     fn set_redirect(&self, node: &Inode, upper: &Real, samedir: bool) -> Result<()> {
-        let (current, name) = {
+        let (current, name, lower_links) = {
             let st = node.state.read();
-            (st.redirect.clone(), st.name.clone())
+            let links = match (node.is_dir(), st.lowers.first()) {
+                (false, Some(l)) => l.stat().map_or(1, |s| s.st_nlink),
+                _ => 1,
+            };
+            (st.redirect.clone(), st.name.clone(), links)
         };
+        // A lower hard link's other names may be anywhere: its redirect is absolute.
+        let absolute = !samedir || lower_links > 1;
         if let Some(r) = &current {
-            if samedir || r.as_bytes().starts_with(b"/") {
+            if !absolute || r.as_bytes().starts_with(b"/") {
                 return Ok(());
             }
         }
-        let value = if samedir {
+        let value = if !absolute {
             name.into_vec()
         } else {
             self.absolute_redirect(node).ok_or(Errno::EXDEV)?
@@ -717,7 +732,7 @@ fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRe
     // again after a remount), as the kernel's dentry keeps its lower stack. The lower
     // object of a file stays at the old name (its origin record keeps its inode number):
     // keeping it would make removing the new name leave a needless whiteout.
-    if !dir {
+    if !dir && !st.metacopy {
         st.lowers.clear();
     }
 }
