@@ -176,9 +176,8 @@ fn random_op_sequences() {
 /// is pre-populated in upper: without an origin record the kernel's own readdir and
 /// stat disagree on its inode number; nor a whiteout inside the opaque directory, which
 /// the kernel never makes and its readdir would list; see tests/README.md.)
-#[test]
-fn random_op_sequences_prepopulated_upper() {
-    let sc = scenario()
+fn prepopulated() -> Scenario {
+    scenario()
         .upper(
             Tree::new()
                 .whiteout("b")
@@ -194,8 +193,20 @@ fn random_op_sequences_prepopulated_upper() {
                 .file("h", 0o644, "l3 hard")
                 .hardlink("d2/h", "h")
                 .file("c", 0o644, "l3 c (hidden by l1 symlink)"),
-        );
-    run_random("random_op_sequences_prepopulated_upper", sc, 32);
+        )
+}
+
+#[test]
+fn random_op_sequences_prepopulated_upper() {
+    run_random("random_op_sequences_prepopulated_upper", prepopulated(), 32);
+}
+
+/// The same with `metacopy=on` (and so `redirect_dir=on`): lower hard links, whiteouts
+/// and an opaque directory meet metadata-only copies and moved directories.
+#[test]
+fn random_op_sequences_prepopulated_upper_metacopy() {
+    let sc = prepopulated().mount_opts("metacopy=on");
+    run_random("random_op_sequences_prepopulated_upper_metacopy", sc, 32);
 }
 
 /// The same operations with `redirect_dir=on`: the renames of d1, d2 and d1/b (directories

@@ -432,6 +432,33 @@ fn metacopy_rename_and_link_write_redirects() {
     });
 }
 
+#[test]
+fn metacopy_lower_hard_links() {
+    Scenario::new("metacopy_lower_hard_links")
+        .lower(
+            Tree::new()
+                .file("h", 0o644, "hard\n")
+                .hardlink("h2", "h")
+                .hardlink("d/h4", "h")
+                .file("d/x", 0o644, "x\n"),
+        )
+        .mount_opts("metacopy=on")
+        .run(|o| {
+            o.chmod("h", 0o600);
+            o.read("h");
+            o.read("h2");
+            o.same_ino("h", "h2");
+            o.rename("h2", "h3");
+            o.read("h3");
+            o.rename("d/h4", "h4");
+            o.read("h4");
+            o.append("h", "+");
+            o.read("h");
+            o.read("h3");
+            o.readdir("");
+        });
+}
+
 fn meta_script(o: &mut Ops) {
     o.chmod("f", 0o600);
     o.setxattr("d/c", "user.k", "v");

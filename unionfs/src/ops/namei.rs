@@ -472,8 +472,12 @@ impl UnionFs {
             if exchange && !movable(&d.node) {
                 return Err(Errno::EXDEV);
             }
+            // A pure upper directory (no lower part, never copied up: no whiteouts in it)
+            // is left for the real rename to refuse, as the kernel leaves it, after the
+            // copy-ups and the redirect.
             if !exchange
                 && d.node.is_dir()
+                && !self.pure_upper_dir(&d.node)
                 && !crate::readdir::is_empty(&self.layers, &d.node.state.read())?
             {
                 return Err(Errno::ENOTEMPTY);
@@ -522,7 +526,7 @@ impl UnionFs {
             // An upper directory being replaced may still hold whiteouts; the rename
             // needs it really empty.
             if let Some(d) = &dst {
-                if d.node.is_dir() {
+                if d.node.is_dir() && !self.pure_upper_dir(&d.node) {
                     if let Some(du) = d.node.state.read().upper.clone() {
                         clean_dir(du.dir()?.as_fd())?;
                     }
@@ -544,6 +548,15 @@ impl UnionFs {
             }
             _ => false,
         };
+        if !samedir {
+            // Before the rename, as the kernel marks them (so also when it fails).
+            if src_origin {
+                mark_impure(self, &np, &npu)?;
+            }
+            if dst_origin {
+                mark_impure(self, &p, &pu)?;
+            }
+        }
         let (odf, ndf) = (pu.dir()?, npu.dir()?);
         let (od, nd) = (odf.as_fd(), ndf.as_fd());
         // From the rename of the real names until the nodes know their new places, no
@@ -659,6 +672,13 @@ impl UnionFs {
         }
         node.state.write().redirect = Some(OsString::from_vec(value));
         Ok(())
+    }
+
+    /// A directory with no lower part and no origin: it holds no whiteouts (the kernel's
+    /// `ovl_pure_upper`).
+    fn pure_upper_dir(&self, node: &Inode) -> bool {
+        let st = node.state.read();
+        st.lowers.is_empty() && !st.upper.as_ref().is_some_and(|u| has_origin(self, u))
     }
 
     /// The absolute redirect of a directory (see `set_redirect`); None when it would be
