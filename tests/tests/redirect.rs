@@ -325,6 +325,13 @@ fn rename_script(o: &mut Ops) {
     o.rename2("e", "m", RENAME_EXCHANGE);
     o.unlink("m/a");
     o.mkdir("d", 0o700);
+    // rm -rf of a moved directory.
+    o.unlink("e/o2/o");
+    o.rmdir("e/o2");
+    o.rename("m/sub2", "gone");
+    o.unlink("gone/deep");
+    o.unlink("gone/l2only");
+    o.rmdir("gone");
 }
 
 #[test]
