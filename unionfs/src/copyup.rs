@@ -37,6 +37,15 @@ pub enum Data {
     Copy,
     /// The caller is about to truncate to zero (open with `O_TRUNC`): skip the data.
     Skip,
+    /// The caller changes metadata only: with `metacopy=on` a regular file's copy gets
+    /// no data (`*.overlay.metacopy`), which stays the lower file's until a `Copy` or
+    /// `Skip` copy-up; otherwise as `Copy`.
+    Meta,
+}
+
+/// Whether a copy-up for `data` leaves a regular file's data in the lower layer.
+fn metadata_only(fs: &UnionFs, data: Data) -> bool {
+    data == Data::Meta && fs.config.metacopy
 }
 
 /// Below this size a copy-up is served on the request's own thread: handing it to a
@@ -51,7 +60,7 @@ pub fn may_take_long(inode: &Inode) -> bool {
         return true;
     }
     let st = inode.state.read();
-    st.upper.is_none()
+    (st.upper.is_none() || st.metacopy)
         && inode.kind == libc::S_IFREG
         && st
             .lowers
@@ -62,7 +71,14 @@ pub fn may_take_long(inode: &Inode) -> bool {
 
 /// The node's upper object, copying it (and its parents) up first when it has none.
 pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real> {
-    if let Some(u) = inode.state.read().upper.clone() {
+    let (upper, metacopy) = {
+        let st = inode.state.read();
+        (st.upper.clone(), st.metacopy)
+    };
+    if let Some(u) = upper {
+        if metacopy && !metadata_only(fs, data) {
+            copy_up_data(fs, inode, data)?;
+        }
         return Ok(u);
     }
     fs.check_writable()?;
@@ -98,6 +114,43 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     // look them up again and get a node of their own.
     crate::union::defer_invalidations(aliases);
     Ok(upper)
+}
+
+/// Gives a metadata-only copy its data (none for `Data::Skip`: the caller truncates it),
+/// then drops its metacopy marker, as the kernel's `ovl_copy_up_meta_inode_data`. The
+/// copy is written in place; writing drops a file capability, so it is put back.
+fn copy_up_data(fs: &UnionFs, inode: &Inode, data: Data) -> Result<()> {
+    let _guard = inode.copyup.lock();
+    let (upper, lower) = {
+        let st = inode.state.read();
+        if !st.metacopy {
+            return Ok(());
+        }
+        (
+            st.upper.clone().ok_or(Errno::EIO)?,
+            st.lowers.first().cloned().ok_or(Errno::EIO)?,
+        )
+    };
+    let x = upper.xpath()?;
+    let dst = upper.open(OFlag::O_WRONLY)?;
+    if data == Data::Copy {
+        let cap = crate::sys::fsops::getxattr_vec(&x, OsStr::new("security.capability"))?;
+        let size = fstat_fd(dst.as_fd())?.st_size;
+        if size > 0 {
+            copy_data(&lower.open(OFlag::O_RDONLY)?, &dst, size as u64)?;
+        }
+        if let Some(cap) = cap {
+            crate::sys::fsops::setxattr(&x, OsStr::new("security.capability"), &cap, 0)?;
+        }
+        sync_copy(fs, &dst)?;
+    }
+    match crate::sys::fsops::removexattr(&x, fs.layers.ns.metacopy()) {
+        Ok(()) => {}
+        Err(e) if crate::sys::fsops::is_no_xattr(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    inode.state.write().metacopy = false;
+    Ok(())
 }
 
 /// Marks an upper directory as holding entries with an origin, as the kernel does.
@@ -176,6 +229,7 @@ fn copy_up_one(
             return Err(e);
         }
     };
+    state.metacopy = inode.kind == libc::S_IFREG && metadata_only(fs, data);
     state.upper = Some(upper.clone());
     let aliases = std::mem::take(&mut state.aliases);
     drop(state);
@@ -285,6 +339,9 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
             let f = File::from(fd.try_clone()?);
             let x = XPath::fd(Arc::clone(&fd));
             fill_file(fs, src, st, &f, &x, data)?;
+            if metadata_only(fs, data) {
+                mark_metacopy(fs, st, &f, &x)?;
+            }
             crate::ops::fileattr::copy_up(fs.layers.ns, src, f.as_fd(), &x)?;
             set_owner_mode_times(f.as_fd(), None, st)?;
             sync_copy(fs, &f)?;
@@ -337,7 +394,12 @@ fn build_named(
     let fd = open_path(work, tmp)?;
     let dst = XPath::at(fs.work_arc()?, tmp);
     match &written {
-        Some(f) => fill_file(fs, src, st, f, &dst, data)?,
+        Some(f) => {
+            fill_file(fs, src, st, f, &dst, data)?;
+            if metadata_only(fs, data) {
+                mark_metacopy(fs, st, f, &dst)?;
+            }
+        }
         None => copy_meta_xattrs(fs, src, st, &dst)?,
     }
     crate::ops::fileattr::copy_up(fs.layers.ns, src, fd.as_fd(), &dst)?;
@@ -346,6 +408,14 @@ fn build_named(
         sync_copy(fs, &f)?;
     }
     Ok(fd)
+}
+
+/// A metadata-only copy: the lower file's size, no data, and the marker (empty, as this
+/// kernel writes it: no fs-verity digest).
+fn mark_metacopy(fs: &UnionFs, st: &FileStat, f: &File, x: &XPath) -> Result<()> {
+    f.set_len(st.st_size as u64)?;
+    crate::sys::fsops::setxattr(x, fs.layers.ns.metacopy(), b"", 0)?;
+    Ok(())
 }
 
 /// A regular file's data, then its xattrs and origin.
@@ -357,7 +427,7 @@ fn fill_file(
     dst_x: &XPath,
     data: Data,
 ) -> Result<()> {
-    if data == Data::Copy && st.st_size > 0 {
+    if data != Data::Skip && !metadata_only(fs, data) && st.st_size > 0 {
         let s = src.open(OFlag::O_RDONLY)?;
         copy_data(&s, dst, st.st_size as u64)?;
     }

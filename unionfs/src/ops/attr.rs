@@ -89,10 +89,10 @@ impl UnionFs {
         let idmap = &self.config.idmap;
         let stored_uid = a.uid.map(|u| idmap.stored_uid(u)).transpose()?;
         let stored_gid = a.gid.map(|g| idmap.stored_gid(g)).transpose()?;
-        let data = if a.size == Some(0) {
-            Data::Skip
-        } else {
-            Data::Copy
+        let data = match a.size {
+            Some(0) => Data::Skip,
+            Some(_) => Data::Copy,
+            None => Data::Meta,
         };
         let upper = ensure_upper(self, &inode, data)?;
         if a.is_empty() {

@@ -85,7 +85,7 @@ impl UnionFs {
         self.check_writable()?;
         let inode = self.inode(ino)?;
         self.check(&inode, Change::Attr)?;
-        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        let upper = ensure_upper(self, &inode, Data::Meta)?;
         let rname = self.real_xattr_name(name);
         crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
         if name == acl::ACCESS {
@@ -117,7 +117,7 @@ impl UnionFs {
                 return Err(Errno::ENODATA);
             }
         }
-        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        let upper = ensure_upper(self, &inode, Data::Meta)?;
         crate::sys::fsops::removexattr(&upper.xpath()?, &rname)?;
         Ok(())
     }
