@@ -74,6 +74,7 @@ impl UnionFs {
 
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         self.check_writable()?;
+        crate::testhook::pause("setattr");
         let inode = self.inode(ino)?;
         // Append-only and immutable (see `fileattr`): setting the times to now is the only
         // change an append-only object takes.
