@@ -219,16 +219,24 @@ impl Layout {
         }
         match target {
             Target::Kernel => {
-                // redirect_dir/index/metacopy pinned off: the on-disk format
-                // the daemon implements (and this machine's defaults).
-                // With userxattr the kernel takes only redirect_dir=nofollow (which, like
-                // off, neither creates nor follows redirects).
-                let redirect = if opts.contains("userxattr") {
-                    "nofollow"
-                } else {
-                    "off"
-                };
-                let mut kopts = format!("{opts},redirect_dir={redirect},index=off,metacopy=off");
+                // redirect_dir/index/metacopy pinned off unless the scenario asks for them
+                // (`Scenario::mount_opts`): the kernel's defaults depend on how it was
+                // built. With userxattr the kernel takes only redirect_dir=nofollow (which
+                // neither creates nor follows redirects).
+                let mut kopts = opts.clone();
+                // metacopy=on implies redirect_dir=on there (and refuses another).
+                if !extra.contains("redirect_dir=") && !extra.contains("metacopy=on") {
+                    let redirect = if opts.contains("userxattr") {
+                        "nofollow"
+                    } else {
+                        "off"
+                    };
+                    kopts += &format!(",redirect_dir={redirect}");
+                }
+                kopts += ",index=off";
+                if !extra.contains("metacopy=") {
+                    kopts += ",metacopy=off";
+                }
                 // Across filesystems the kernel makes inode numbers unique only with xino,
                 // which it does not pick by itself for tmpfs; unionfs always does (one FUSE
                 // st_dev for every file).

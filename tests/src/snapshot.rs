@@ -14,6 +14,8 @@
 //!   different copy; its header, length and uuid are compared, the uuid named by the
 //!   lower layer whose filesystem has it), `*.overlay.impure` (presence
 //!   only), `*.overlay.uuid` (random per filesystem instance).
+//!   Every other overlay xattr is compared by value, `*.overlay.redirect`
+//!   included: unionfs must write the kernel's redirects byte for byte.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

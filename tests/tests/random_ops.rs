@@ -223,18 +223,7 @@ fn run_random(name: &str, sc: Scenario, default_cases: u32, present: &[(&str, &s
 
 #[test]
 fn random_op_sequences() {
-    run_random(
-        "random_op_sequences",
-        scenario(),
-        64,
-        &[
-            ("a", "ok f mode=0644"),
-            ("d1/b", "ok d mode=0755"),
-            ("d2/c", "ok d mode=0755"),
-            ("c", "ok l "),
-            ("h", "ENOENT"),
-        ],
-    );
+    run_random("random_op_sequences", scenario(), 64, PLAIN);
 }
 
 /// The same operations over an upper that already holds whiteouts, an opaque directory
@@ -246,9 +235,8 @@ fn random_op_sequences() {
 /// is pre-populated in upper: without an origin record the kernel's own readdir and
 /// stat disagree on its inode number; nor a whiteout inside the opaque directory, which
 /// the kernel never makes and its readdir would list; see tests/README.md.)
-#[test]
-fn random_op_sequences_prepopulated_upper() {
-    let sc = scenario()
+fn prepopulated() -> Scenario {
+    scenario()
         .upper(
             Tree::new()
                 .whiteout("b")
@@ -264,17 +252,69 @@ fn random_op_sequences_prepopulated_upper() {
                 .file("h", 0o644, "l3 hard")
                 .hardlink("d2/h", "h")
                 .file("c", 0o644, "l3 c (hidden by l1 symlink)"),
-        );
+        )
+}
+
+/// What the pre-populated initial tree must show (and the sequences touch).
+const PREPOPULATED: &[(&str, &str)] = &[
+    ("h", "ok f mode=0644 uid=0 gid=0 size=7 nlink=2"),
+    ("d2/h", "ENOENT"),
+    ("b", "ENOENT"),
+    ("e", "ok d mode=0700"),
+    ("e/a", "ok f mode=0640 uid=0 gid=0 size=9 nlink=1"),
+];
+
+/// What the plain initial tree must show (and the sequences touch).
+const PLAIN: &[(&str, &str)] = &[
+    ("a", "ok f mode=0644"),
+    ("d1/b", "ok d mode=0755"),
+    ("d2/c", "ok d mode=0755"),
+    ("c", "ok l "),
+    ("h", "ENOENT"),
+];
+
+#[test]
+fn random_op_sequences_prepopulated_upper() {
     run_random(
         "random_op_sequences_prepopulated_upper",
+        prepopulated(),
+        32,
+        PREPOPULATED,
+    );
+}
+
+/// The same with `metacopy=on` (and so `redirect_dir=on`): lower hard links, whiteouts
+/// and an opaque directory meet metadata-only copies and moved directories.
+#[test]
+fn random_op_sequences_prepopulated_upper_metacopy() {
+    let sc = prepopulated().mount_opts("metacopy=on");
+    run_random(
+        "random_op_sequences_prepopulated_upper_metacopy",
         sc,
         32,
-        &[
-            ("h", "ok f mode=0644 uid=0 gid=0 size=7 nlink=2"),
-            ("d2/h", "ENOENT"),
-            ("b", "ENOENT"),
-            ("e", "ok d mode=0700"),
-            ("e/a", "ok f mode=0640 uid=0 gid=0 size=9 nlink=1"),
-        ],
+        PREPOPULATED,
     );
+}
+
+/// The same operations with `redirect_dir=on`: the renames of d1, d2 and d1/b (directories
+/// with lower content) now succeed and write redirects, and what a moved directory merges
+/// must move with it.
+#[test]
+fn random_op_sequences_redirect_dir() {
+    let sc = scenario()
+        .mount_opts("redirect_dir=on")
+        .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
+    run_random("random_op_sequences_redirect_dir", sc, 64, PLAIN);
+}
+
+/// The same operations with `metacopy=on` (which implies `redirect_dir=on`): metadata
+/// changes, renames and links of lower files copy up no data, later writes and truncates
+/// do.
+#[test]
+fn random_op_sequences_metacopy() {
+    let sc =
+        scenario()
+            .mount_opts("metacopy=on")
+            .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
+    run_random("random_op_sequences_metacopy", sc, 64, PLAIN);
 }

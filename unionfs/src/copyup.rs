@@ -37,6 +37,15 @@ pub enum Data {
     Copy,
     /// The caller is about to truncate to zero (open with `O_TRUNC`): skip the data.
     Skip,
+    /// The caller changes metadata only: with `metacopy=on` a regular file's copy gets
+    /// no data (`*.overlay.metacopy`), which stays the lower file's until a `Copy` or
+    /// `Skip` copy-up; otherwise as `Copy`.
+    Meta,
+}
+
+/// Whether a copy-up for `data` leaves a regular file's data in the lower layer.
+fn metadata_only(fs: &UnionFs, data: Data) -> bool {
+    data == Data::Meta && fs.config.metacopy
 }
 
 /// Below this size a copy-up is served on the request's own thread: handing it to a
@@ -51,7 +60,7 @@ pub fn may_take_long(inode: &Inode) -> bool {
         return true;
     }
     let st = inode.state.read();
-    st.upper.is_none()
+    (st.upper.is_none() || st.metacopy)
         && inode.kind == libc::S_IFREG
         && st
             .lowers
@@ -62,7 +71,18 @@ pub fn may_take_long(inode: &Inode) -> bool {
 
 /// The node's upper object, copying it (and its parents) up first when it has none.
 pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real> {
-    if let Some(u) = inode.state.read().upper.clone() {
+    let (upper, metacopy) = {
+        let st = inode.state.read();
+        (st.upper.clone(), st.metacopy)
+    };
+    if let Some(u) = upper {
+        if metacopy && !metadata_only(fs, data) {
+            let timer = crate::trace::Timer::start();
+            copy_up_data(fs, inode, data)?;
+            if crate::trace::on() {
+                trace_data_copy_up(fs, inode, &u, data, &timer);
+            }
+        }
         return Ok(u);
     }
     fs.check_writable()?;
@@ -109,18 +129,79 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
 
 /// `event=copy-up path=/etc/motd type=file from=lower0 bytes=24 us=812 cause=open-write`.
 fn trace_copy_up(fs: &UnionFs, inode: &Inode, src: &Real, data: Data, timer: &crate::trace::Timer) {
+    let meta_only = inode.kind == libc::S_IFREG && metadata_only(fs, data);
     let bytes = match (inode.kind, data) {
         (libc::S_IFREG, Data::Copy) => src.stat().map_or(0, |s| s.st_size),
+        (libc::S_IFREG, Data::Meta) if !meta_only => src.stat().map_or(0, |s| s.st_size),
         _ => 0,
     };
     crate::trace::emit(&format!(
-        "event=copy-up path={} type={} from={} bytes={bytes} us={} cause={}",
+        "event=copy-up path={} type={} from={} bytes={bytes} us={} cause={}{}",
         crate::trace::path_of(fs, inode),
         crate::trace::kind_name(inode.kind),
         crate::trace::layer_name(src.layer),
         timer.micros(),
+        crate::trace::cause().as_str(),
+        if meta_only { " metacopy=yes" } else { "" }
+    ));
+}
+
+/// `event=copy-up-data path=/f bytes=24 us=80 cause=open-write`: a metadata-only copy
+/// (`metacopy=on`) gets its data.
+fn trace_data_copy_up(
+    fs: &UnionFs,
+    inode: &Inode,
+    upper: &Real,
+    data: Data,
+    timer: &crate::trace::Timer,
+) {
+    let bytes = match data {
+        Data::Skip => 0,
+        _ => upper.stat().map_or(0, |s| s.st_size),
+    };
+    crate::trace::emit(&format!(
+        "event=copy-up-data path={} bytes={bytes} us={} cause={}",
+        crate::trace::path_of(fs, inode),
+        timer.micros(),
         crate::trace::cause().as_str()
     ));
+}
+
+/// Gives a metadata-only copy its data (none for `Data::Skip`: the caller truncates it),
+/// then drops its metacopy marker, as the kernel's `ovl_copy_up_meta_inode_data`. The
+/// copy is written in place; writing drops a file capability, so it is put back.
+fn copy_up_data(fs: &UnionFs, inode: &Inode, data: Data) -> Result<()> {
+    let _guard = inode.copyup.lock();
+    let (upper, lower) = {
+        let st = inode.state.read();
+        if !st.metacopy {
+            return Ok(());
+        }
+        (
+            st.upper.clone().ok_or(Errno::EIO)?,
+            st.lowers.first().cloned().ok_or(Errno::EIO)?,
+        )
+    };
+    let x = upper.xpath()?;
+    let dst = upper.open(OFlag::O_WRONLY)?;
+    if data == Data::Copy {
+        let cap = crate::sys::fsops::getxattr_vec(&x, OsStr::new("security.capability"))?;
+        let size = fstat_fd(dst.as_fd())?.st_size;
+        if size > 0 {
+            copy_data(&lower.open(OFlag::O_RDONLY)?, &dst, size as u64)?;
+        }
+        if let Some(cap) = cap {
+            crate::sys::fsops::setxattr(&x, OsStr::new("security.capability"), &cap, 0)?;
+        }
+        sync_copy(fs, &dst)?;
+    }
+    match crate::sys::fsops::removexattr(&x, fs.layers.ns.metacopy()) {
+        Ok(()) => {}
+        Err(e) if crate::sys::fsops::is_no_xattr(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    inode.state.write().metacopy = false;
+    Ok(())
 }
 
 /// Marks an upper directory as holding entries with an origin, as the kernel does.
@@ -199,6 +280,7 @@ fn copy_up_one(
             return Err(e);
         }
     };
+    state.metacopy = inode.kind == libc::S_IFREG && metadata_only(fs, data);
     state.upper = Some(upper.clone());
     let aliases = std::mem::take(&mut state.aliases);
     drop(state);
@@ -308,6 +390,9 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
             let f = File::from(fd.try_clone()?);
             let x = XPath::fd(Arc::clone(&fd));
             fill_file(fs, src, st, &f, &x, data)?;
+            if metadata_only(fs, data) {
+                mark_metacopy(fs, st, &f, &x)?;
+            }
             crate::ops::fileattr::copy_up(fs.layers.ns, src, f.as_fd(), &x)?;
             set_owner_mode_times(f.as_fd(), None, st)?;
             sync_copy(fs, &f)?;
@@ -360,7 +445,12 @@ fn build_named(
     let fd = open_path(work, tmp)?;
     let dst = XPath::at(fs.work_arc()?, tmp);
     match &written {
-        Some(f) => fill_file(fs, src, st, f, &dst, data)?,
+        Some(f) => {
+            fill_file(fs, src, st, f, &dst, data)?;
+            if metadata_only(fs, data) {
+                mark_metacopy(fs, st, f, &dst)?;
+            }
+        }
         None => copy_meta_xattrs(fs, src, st, &dst)?,
     }
     crate::ops::fileattr::copy_up(fs.layers.ns, src, fd.as_fd(), &dst)?;
@@ -369,6 +459,14 @@ fn build_named(
         sync_copy(fs, &f)?;
     }
     Ok(fd)
+}
+
+/// A metadata-only copy: the lower file's size, no data, and the marker (empty, as this
+/// kernel writes it: no fs-verity digest).
+fn mark_metacopy(fs: &UnionFs, st: &FileStat, f: &File, x: &XPath) -> Result<()> {
+    f.set_len(st.st_size as u64)?;
+    crate::sys::fsops::setxattr(x, fs.layers.ns.metacopy(), b"", 0)?;
+    Ok(())
 }
 
 /// A regular file's data, then its xattrs and origin.
@@ -380,7 +478,7 @@ fn fill_file(
     dst_x: &XPath,
     data: Data,
 ) -> Result<()> {
-    if data == Data::Copy && st.st_size > 0 {
+    if data != Data::Skip && !metadata_only(fs, data) && st.st_size > 0 {
         let s = src.open(OFlag::O_RDONLY)?;
         copy_data(&s, dst, st.st_size as u64)?;
     }

@@ -291,6 +291,13 @@ pub struct State {
     pub lowers: Vec<Real>,
     /// The upper directory is known to carry the impure marker.
     pub impure: bool,
+    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
+    /// read by lookup from the upper directory, set when a rename writes one. A rename
+    /// that needs an absolute redirect builds it from these and the ancestors' names.
+    pub redirect: Option<OsString>,
+    /// A regular file whose upper copy holds its metadata only (`*.overlay.metacopy`):
+    /// its data is still `lowers[0]`'s.
+    pub metacopy: bool,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
     /// Other names that reached the same lower hard link (and so the same node, the kernel
@@ -303,6 +310,14 @@ impl State {
     /// The object whose attributes and data the union shows.
     pub fn real(&self) -> Option<&Real> {
         self.upper.as_ref().or(self.lowers.first())
+    }
+    /// The object whose data the union shows: the lower file of a metadata-only copy.
+    pub fn data_real(&self) -> Option<&Real> {
+        if self.metacopy {
+            self.lowers.first()
+        } else {
+            self.real()
+        }
     }
     /// A directory that merges several real directories; the kernel reports nlink 1 for it.
     pub fn is_merged_dir(&self) -> bool {
@@ -574,6 +589,8 @@ mod tests {
             upper,
             lowers: lower.into_iter().collect(),
             impure: false,
+            redirect: None,
+            metacopy: false,
             unlinked: false,
             aliases: Vec::new(),
         }

@@ -50,6 +50,20 @@ impl XattrNs {
             XattrNs::User => "user.overlay.impure",
         })
     }
+    /// An upper regular file whose data is still its lower file's (`metacopy=on`).
+    pub fn metacopy(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.metacopy",
+            XattrNs::User => "user.overlay.metacopy",
+        })
+    }
+    /// Where a renamed directory's lower content is (`redirect_dir=on`).
+    pub fn redirect(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.redirect",
+            XattrNs::User => "user.overlay.redirect",
+        })
+    }
     /// Append-only and immutable (`a`, `i`), which are not set on the upper inode.
     pub fn protattr(self) -> &'static OsStr {
         OsStr::new(match self {

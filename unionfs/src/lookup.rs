@@ -2,8 +2,9 @@
 //! lower layers, a whiteout ends the search, a non-directory hides everything below it,
 //! directories merge until an opaque one.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
 
 use nix::errno::Errno as NixErrno;
@@ -84,6 +85,10 @@ pub struct Found {
     pub impure: bool,
     /// A merged directory whose upper has no origin record yet.
     pub fix_origin: bool,
+    /// The upper directory's redirect (or a metadata-only copy's).
+    pub redirect: Option<OsString>,
+    /// The upper object is a metadata-only copy of `lowers[0]`.
+    pub metacopy: bool,
 }
 
 impl Found {
@@ -94,6 +99,8 @@ impl Found {
             upper: self.upper,
             lowers: self.lowers,
             impure: self.impure,
+            redirect: self.redirect,
+            metacopy: self.metacopy,
             unlinked: false,
             aliases: Vec::new(),
         }
@@ -125,50 +132,243 @@ fn lower_dir_opaque(layers: &Layers, dir: &Real) -> Result<bool> {
         .is_ok())
 }
 
+/// How lookups treat redirects (`redirect_dir`), and where absolute ones start.
+pub struct Redirects {
+    /// Follow redirects. Without, lower content found through one fails the lookup with
+    /// EPERM, as in the kernel (which reads them either way).
+    pub follow: bool,
+    /// Every lower layer's root, top-down: where an absolute redirect is looked up.
+    pub roots: Vec<Real>,
+    /// `metacopy=on`: a metadata-only upper copy shows its lower file's data. Without,
+    /// finding one fails the lookup with EPERM, as in the kernel.
+    pub metacopy: bool,
+}
+
+/// What the lookup of one name has learnt so far, as the kernel's `ovl_lookup_data`.
+struct Search {
+    /// Where to look in the next lower layer: a name in the parent's lower directory, or
+    /// (starting with `/`) a path from the layer's root, when a redirect said so.
+    name: Vec<u8>,
+    /// A redirect changed `name`.
+    redirected: bool,
+    /// No lower layer below can add to the result.
+    stop: bool,
+    /// A directory was found (so a non-directory below ends the search).
+    is_dir: bool,
+    /// A metadata-only copy was found: its data is a regular file below.
+    metacopy: bool,
+}
+
+impl Search {
+    fn absolute(&self) -> bool {
+        self.name.first() == Some(&b'/')
+    }
+
+    /// Applies the redirect of the directory found for the path element that starts at
+    /// byte `pre` of `name` and is followed by `post` (empty or `/rest`).
+    fn redirect(&mut self, to: &[u8], pre: usize, post: &[u8]) {
+        let mut name = if to.first() == Some(&b'/') {
+            // An absolute redirect below an opaque ancestor still reaches the layers below.
+            self.stop = false;
+            to.to_vec()
+        } else {
+            let mut n = self.name.get(..pre).unwrap_or_default().to_vec();
+            n.extend_from_slice(to);
+            n
+        };
+        name.extend_from_slice(post);
+        self.name = name;
+        self.redirected = true;
+    }
+}
+
+/// A redirect the kernel accepts: an absolute path with no empty element, or one name.
+fn valid_redirect(v: &[u8]) -> bool {
+    match v.strip_prefix(b"/") {
+        Some(path) => path.split(|b| *b == b'/').all(|e| !e.is_empty()),
+        None => !v.is_empty() && !v.contains(&b'/'),
+    }
+}
+
+/// The redirect of a directory, checked as the kernel checks it.
+pub fn read_redirect(layers: &Layers, dir: &Real) -> Result<Option<Vec<u8>>> {
+    let Some(v) = crate::sys::fsops::getxattr_vec(&dir.xpath()?, layers.ns.redirect())
+        .ok()
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    if !valid_redirect(&v) {
+        log::warn!("invalid redirect {:?}", String::from_utf8_lossy(&v));
+        return Err(Errno::EINVAL);
+    }
+    Ok(Some(v))
+}
+
+/// Looks the search's name up in one lower layer, given the parent's directory there (or
+/// the layer's root for an absolute name); `last`: the bottom layer, whose markers need
+/// no reading. As the kernel's `ovl_lookup_layer`.
+fn lookup_layer(
+    layers: &Layers,
+    base: &Real,
+    d: &mut Search,
+    last: bool,
+) -> Result<Option<(Real, FileStat)>> {
+    let LayerRef::Lower(idx) = base.layer else {
+        return Ok(None);
+    };
+    let path = d.name.clone();
+    let elems: Vec<&[u8]> = match path.strip_prefix(b"/") {
+        Some(p) => p.split(|b| *b == b'/').collect(),
+        None => vec![&path[..]],
+    };
+    let mut dir = Arc::clone(base.dir_ref()?);
+    for (k, elem) in elems.iter().enumerate() {
+        let last_elem = k + 1 == elems.len();
+        let found = probe(&dir, OsStr::from_bytes(elem), true)?;
+        let (loc, st) = match found {
+            Probe::Missing => return Ok(None),
+            Probe::Whiteout => {
+                d.stop = true;
+                return Ok(None);
+            }
+            Probe::Found(loc, st) => (loc, st),
+        };
+        let r = real(loc, &st, LayerRef::Lower(idx));
+        if !is_dir(&st) {
+            // A non-directory shows only when nothing above it did (or as the data of a
+            // metadata-only copy, then a regular file), and ends the search.
+            d.stop = true;
+            let reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+            if d.is_dir || !last_elem || (d.metacopy && !reg) {
+                return Ok(None);
+            }
+            d.metacopy = false;
+            return Ok(Some((r, st)));
+        }
+        if last_elem {
+            d.is_dir = true;
+        }
+        if !last {
+            if lower_dir_opaque(layers, &r)? {
+                d.stop = true;
+            } else if let Some(to) = read_redirect(layers, &r)? {
+                let post: Vec<u8> = elems[k + 1..]
+                    .iter()
+                    .flat_map(|e| std::iter::once(b'/').chain(e.iter().copied()))
+                    .collect();
+                let pre = d
+                    .name
+                    .len()
+                    .saturating_sub(elems[k..].iter().map(|e| e.len() + 1).sum::<usize>() - 1);
+                d.redirect(&to, pre, &post);
+            }
+        }
+        if last_elem {
+            return Ok(Some((r, st)));
+        }
+        dir = Arc::clone(r.dir_ref()?);
+    }
+    Ok(None)
+}
+
 /// Resolves `name` in the merged directory `parent`.
-pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<Found>> {
+pub fn resolve(
+    layers: &Layers,
+    redirects: &Redirects,
+    parent: &State,
+    name: &OsStr,
+) -> Result<Option<Found>> {
     if name.len() > 255 {
         return Err(Errno::ENAMETOOLONG);
     }
+    let mut d = Search {
+        name: name.as_bytes().to_vec(),
+        redirected: false,
+        stop: false,
+        is_dir: false,
+        metacopy: false,
+    };
     let mut upper: Option<(Real, FileStat)> = None;
-    let mut opaque = false;
+    let mut upper_redirect = None;
     if let Some(pu) = &parent.upper {
         match probe(pu.dir_ref()?, name, false)? {
             Probe::Whiteout => return Ok(None),
             Probe::Missing => {}
             Probe::Found(loc, st) => {
                 let r = real(loc, &st, LayerRef::Upper);
-                opaque = !is_dir(&st) || whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
+                // Only a copy-up makes a metadata-only copy, and it marks the parent
+                // impure: a pure parent spares us the xattr read.
+                let metacopy = parent.impure
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && crate::sys::fsops::getxattr_vec(&r.xpath()?, layers.ns.metacopy())
+                        .ok()
+                        .flatten()
+                        .is_some();
+                let opaque = is_dir(&st) && whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
+                if (!is_dir(&st) && !metacopy) || opaque {
+                    d.stop = true;
+                } else {
+                    d.is_dir = !metacopy;
+                    d.metacopy = metacopy;
+                    // Read even when not followed (then lower content found through it
+                    // fails the lookup below), as the kernel does.
+                    if redirects.follow || !parent.lowers.is_empty() {
+                        if let Some(to) = read_redirect(layers, &r)? {
+                            d.redirect(&to, 0, b"");
+                            upper_redirect = Some(OsString::from_vec(to));
+                        }
+                    }
+                }
                 upper = Some((r, st));
             }
         }
     }
     let mut lowers: Vec<(Real, FileStat)> = Vec::new();
-    if !opaque {
-        for pl in &parent.lowers {
-            let LayerRef::Lower(idx) = pl.layer else {
-                continue;
-            };
-            match probe(pl.dir_ref()?, name, true)? {
-                Probe::Missing => continue,
-                Probe::Whiteout => break,
-                Probe::Found(loc, st) => {
-                    let r = real(loc, &st, LayerRef::Lower(idx));
-                    if !is_dir(&st) {
-                        // A non-directory shows only when nothing is above it.
-                        if upper.is_none() && lowers.is_empty() {
-                            lowers.push((r, st));
-                        }
-                        break;
-                    }
-                    let stop = lower_dir_opaque(layers, &r)?;
-                    lowers.push((r, st));
-                    if stop {
-                        break;
-                    }
-                }
-            }
+    let mut stack: &[Real] = if d.absolute() {
+        &redirects.roots
+    } else {
+        &parent.lowers
+    };
+    let mut i = 0;
+    while !d.stop && i < stack.len() {
+        let pl = &stack[i];
+        i += 1;
+        let LayerRef::Lower(idx) = pl.layer else {
+            continue;
+        };
+        let last = if redirects.follow {
+            idx + 1 == layers.lowers.len()
+        } else {
+            i == stack.len()
+        };
+        let Some(found) = lookup_layer(layers, pl, &mut d, last)? else {
+            continue;
+        };
+        lowers.push(found);
+        let upper_metacopy = upper.is_some() && !d.is_dir && !lowers.is_empty();
+        if upper_metacopy && !redirects.metacopy {
+            log::warn!("refusing to follow the metadata-only copy {name:?} (metacopy=off)");
+            return Err(Errno::EPERM);
         }
+        if d.redirected && !redirects.follow {
+            log::warn!("refusing to follow the redirect of {name:?} (redirect_dir=nofollow)");
+            return Err(Errno::EPERM);
+        }
+        if d.absolute() && !std::ptr::eq(stack, redirects.roots.as_slice()) {
+            // From here on the path is looked up from the roots of the layers below.
+            stack = &redirects.roots;
+            i = idx + 1;
+        }
+    }
+    if d.metacopy {
+        log::warn!("metadata-only copy {name:?} without lower data");
+        return Err(Errno::EIO);
+    }
+    let metacopy = upper.as_ref().is_some_and(|(_, st)| !is_dir(st)) && !lowers.is_empty();
+    if let (true, Some((_, ust)), Some((_, lst))) = (metacopy, upper.as_mut(), lowers.first()) {
+        // Its blocks are the data's, as the kernel reports them.
+        ust.st_blocks = lst.st_blocks;
     }
     let (st, kind) = match (&upper, lowers.first()) {
         (Some((_, st)), _) | (None, Some((_, st))) => (*st, st.st_mode & libc::S_IFMT),
@@ -212,6 +412,8 @@ pub fn resolve(layers: &Layers, parent: &State, name: &OsStr) -> Result<Option<F
         },
     };
     Ok(Some(Found {
+        redirect: upper_redirect,
+        metacopy,
         fix_origin,
         kind,
         upper: upper.map(|(r, _)| r),
@@ -226,5 +428,51 @@ pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
     match l {
         LayerRef::Upper => 0,
         LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(name: &str) -> Search {
+        Search {
+            name: name.as_bytes().to_vec(),
+            redirected: false,
+            stop: true,
+            is_dir: false,
+            metacopy: false,
+        }
+    }
+
+    #[test]
+    fn redirects_rewrite_the_searched_path() {
+        // The last element of a name: replaced.
+        let mut d = search("b");
+        d.redirect(b"a", 0, b"");
+        assert_eq!((d.name.as_slice(), d.redirected), (&b"a"[..], true));
+        // A middle element of an absolute path: the prefix and the rest stay.
+        let mut d = search("/x/y/z");
+        d.redirect(b"w", 3, b"/z");
+        assert_eq!(d.name, b"/x/w/z");
+        assert!(
+            d.stop,
+            "a relative redirect does not undo an opaque ancestor"
+        );
+        // An absolute one replaces the prefix, and reaches below an opaque ancestor.
+        let mut d = search("/x/y/z");
+        d.redirect(b"/p/q", 3, b"/z");
+        assert_eq!(d.name, b"/p/q/z");
+        assert!(!d.stop && d.absolute());
+    }
+
+    #[test]
+    fn redirect_values_checked_as_the_kernel() {
+        for ok in ["a", "/a", "/a/b c/d", "a b"] {
+            assert!(valid_redirect(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "a/b", "/", "//a", "/a//b", "/a/"] {
+            assert!(!valid_redirect(bad.as_bytes()), "{bad}");
+        }
     }
 }

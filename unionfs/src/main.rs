@@ -114,6 +114,21 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         Ok(l) => l,
         Err(e) => return Err((format!("cannot open the layers: {e}"), readiness)),
     };
+    // As the kernel: its module's default, but with user xattrs redirects are neither
+    // written nor followed unless asked for.
+    // metacopy needs redirect_dir=on: by default it turns redirects on, and a redirect_dir
+    // given otherwise turns a default metacopy off.
+    let metacopy = opts
+        .metacopy
+        .unwrap_or(ns == XattrNs::Trusted && options::kernel_metacopy());
+    let redirect = opts.redirect_dir.unwrap_or(if metacopy {
+        options::RedirectDir::On
+    } else if ns == XattrNs::User {
+        options::RedirectDir::NoFollow
+    } else {
+        options::RedirectDir::kernel_default()
+    });
+    let metacopy = metacopy && redirect == options::RedirectDir::On;
     // Passthrough needs privilege to register backing files; by default it is on (for upper
     // files) as root.
     let config = Config {
@@ -127,6 +142,9 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         xino_on: opts.xino_on,
         noacl: opts.noacl,
         idmap: opts.idmap.clone(),
+        redirect_create: redirect.creates(),
+        redirect_follow: redirect.follows(),
+        metacopy,
     };
     let fs = match UnionFs::new(layers, config) {
         Ok(f) => f,

@@ -13,16 +13,17 @@ use std::path::{Path, PathBuf};
 use clap::error::ErrorKind;
 use clap::{ArgAction, Parser};
 
-/// What `redirect_dir=` asked for. Semantics follow the kernel overlayfs option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What `redirect_dir=` asked for. Semantics follow the kernel overlayfs option
+/// (overlayfs.rst, "Redirect dir").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedirectDir {
-    /// Do not create redirects when renaming merged directories (rename gets EXDEV); existing
-    /// redirects are still followed, as the kernel does with `redirect_always_follow`.
+    /// Do not create redirects (renaming a directory with lower content gives EXDEV);
+    /// follow existing ones if the kernel's `redirect_always_follow` is on (the default),
+    /// as the kernel's `off` does.
     Off,
     /// Create redirects on directory rename and follow them.
     On,
-    /// Follow existing redirects, never create new ones. The default, as on most kernels.
-    #[default]
+    /// Follow existing redirects, never create new ones.
     Follow,
     /// Neither follow nor create redirects.
     NoFollow,
@@ -38,6 +39,50 @@ impl RedirectDir {
             RedirectDir::NoFollow => "nofollow",
         }
     }
+
+    /// The kernel's default on this machine, from the overlay module's parameters
+    /// (`redirect_dir`, `redirect_always_follow`; their build defaults when the module is
+    /// not loaded): on, else follow, else nofollow.
+    pub fn kernel_default() -> RedirectDir {
+        if module_param("redirect_dir").unwrap_or(false) {
+            RedirectDir::On
+        } else if always_follow() {
+            RedirectDir::Follow
+        } else {
+            RedirectDir::NoFollow
+        }
+    }
+
+    /// Whether redirects are written (directories with lower content can be renamed).
+    pub fn creates(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    /// Whether redirects are followed on lookup.
+    pub fn follows(self) -> bool {
+        match self {
+            RedirectDir::On | RedirectDir::Follow => true,
+            RedirectDir::NoFollow => false,
+            RedirectDir::Off => always_follow(),
+        }
+    }
+}
+
+/// The kernel's default for `metacopy` (its overlay module's parameter; off when the
+/// module is not loaded).
+pub fn kernel_metacopy() -> bool {
+    module_param("metacopy").unwrap_or(false)
+}
+
+/// The kernel's `redirect_always_follow` (on unless the module says otherwise).
+fn always_follow() -> bool {
+    module_param("redirect_always_follow").unwrap_or(true)
+}
+
+/// A boolean parameter of the overlay module, if it is loaded.
+fn module_param(name: &str) -> Option<bool> {
+    let v = std::fs::read_to_string(format!("/sys/module/overlay/parameters/{name}")).ok()?;
+    Some(v.trim() == "Y")
 }
 
 /// What `passthrough=` asked for: whose file data the kernel reads and writes itself (FUSE
@@ -146,7 +191,12 @@ pub struct Options {
     /// opaque (the kernel's "no offline changes" rule). Inode numbers are unique across
     /// the layers' filesystems with every value (one FUSE st_dev for all files).
     pub xino_on: bool,
-    pub redirect_dir: RedirectDir,
+    /// `redirect_dir=`; None when not given (the daemon then takes the kernel's default,
+    /// see `RedirectDir::kernel_default`).
+    pub redirect_dir: Option<RedirectDir>,
+    /// `metacopy=`; None when not given (the kernel's default, see `kernel_metacopy`).
+    /// Given `on`, `redirect_dir` is `on` too unless given otherwise, which is refused.
+    pub metacopy: Option<bool>,
     /// `passthrough[=MODE]` or `nopassthrough`; None when not given (the daemon then picks
     /// `Upper` as root, `Off` otherwise).
     pub passthrough: Option<Passthrough>,
@@ -203,10 +253,15 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   volatile               Do not fsync copied-up data before it is put into place, as
                          the kernel's option (faster; a crash may lose recent copy-ups).
   fsync=0|1              fsync=0 is the same as volatile; fsync=1 is the default.
-  redirect_dir=off|on|follow|nofollow
-                         Accepted for compatibility. Renaming a directory that has lower
-                         content gives EXDEV (as the kernel with redirect_dir=off), so that
-                         mv copies it; writing redirects is not implemented yet.
+  redirect_dir=on|follow|nofollow|off
+                         As the kernel's overlay. on: renaming a directory that has lower
+                         content writes a redirect (*.overlay.redirect) to where its lower
+                         content is, and lookups follow redirects. follow: follow existing
+                         redirects, but such a rename gives EXDEV (so that mv copies the
+                         directory). nofollow: neither. off: follow if the kernel's
+                         redirect_always_follow is on, else nofollow; never create. Default:
+                         the kernel's (its overlay module parameters; here follow), and
+                         nofollow with userxattr, as the kernel.
   passthrough=upper|all|off
                          FUSE passthrough of file data (the kernel reads and writes the
                          real file directly). upper: upper files only (default as root;
@@ -237,9 +292,14 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
   xino=on|off|auto       Inode numbers are unique across the layers' filesystems with any
                          value (FUSE has one st_dev). With on, as the kernel's overlay,
                          a new directory in a merged one is made opaque.
-  index=off, metacopy=off
-                         Accepted for kernel overlayfs compatibility; no effect.
-                         index=on and metacopy=on are refused.
+  metacopy=on|off        As the kernel's overlay. on: chmod, chown, utimes, xattr and
+                         flag changes, rename and link of a lower regular file copy up its
+                         metadata only (*.overlay.metacopy); its data is read from the lower
+                         file until the first open for writing or truncate copies it. Implies
+                         redirect_dir=on (another redirect_dir is refused). Default: the
+                         kernel's (its overlay module parameter; here off).
+  index=off              Accepted for kernel overlayfs compatibility; no effect.
+                         index=on is refused.
 Mount options passed to the kernel:
   allow_other, allow_root, default_permissions, ro, rw, nodev, dev, nosuid, suid, noexec, exec,
   noatime, atime, sync, async, dirsync
@@ -400,7 +460,8 @@ struct Builder {
     userxattr: bool,
     volatile: bool,
     xino_on: bool,
-    redirect_dir: RedirectDir,
+    redirect_dir: Option<RedirectDir>,
+    metacopy: Option<bool>,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
     noacl: bool,
@@ -517,7 +578,7 @@ impl Builder {
             }
             b"redirect_dir" => {
                 self.once("redirect_dir", "redirect_dir")?;
-                self.redirect_dir = match value_of("redirect_dir")? {
+                self.redirect_dir = Some(match value_of("redirect_dir")? {
                     b"off" => RedirectDir::Off,
                     b"on" => RedirectDir::On,
                     b"follow" => RedirectDir::Follow,
@@ -528,7 +589,7 @@ impl Builder {
                             String::from_utf8_lossy(v)
                         ))
                     }
-                };
+                });
             }
             b"trace" => {
                 self.once("trace", "trace")?;
@@ -595,19 +656,31 @@ impl Builder {
                     }
                 }
             }
-            b"index" | b"metacopy" => {
-                let name = if key == b"index" { "index" } else { "metacopy" };
-                self.once(name, name)?;
-                match value_of(name)? {
+            b"index" => {
+                self.once("index", "index")?;
+                match value_of("index")? {
                     b"off" => {}
-                    b"on" => return err(format!("{name}=on is not supported")),
+                    b"on" => return err("index=on is not supported"),
                     v => {
                         return err(format!(
-                            "invalid value '{}' for {name} (expected off)",
+                            "invalid value '{}' for index (expected off)",
                             String::from_utf8_lossy(v)
                         ))
                     }
                 }
+            }
+            b"metacopy" => {
+                self.once("metacopy", "metacopy")?;
+                self.metacopy = Some(match value_of("metacopy")? {
+                    b"off" => false,
+                    b"on" => true,
+                    v => {
+                        return err(format!(
+                            "invalid value '{}' for metacopy (expected on or off)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                });
             }
             b"uidmapping" | b"gidmapping" => {
                 let uid = key == b"uidmapping";
@@ -692,6 +765,16 @@ impl Builder {
             self.kernel_opts.push(KernelOpt::Ro);
             read_only = true;
         }
+        if let (Some(true), Some(r)) = (self.metacopy, self.redirect_dir) {
+            if r != RedirectDir::On {
+                // As the kernel: metacopy needs redirects (a renamed metadata-only copy
+                // finds its data through one).
+                return err(format!(
+                    "conflicting options: metacopy=on,redirect_dir={}",
+                    r.as_str()
+                ));
+            }
+        }
         Ok(Options {
             lowerdirs,
             upperdir: self.upperdir,
@@ -703,6 +786,7 @@ impl Builder {
             volatile: self.volatile,
             xino_on: self.xino_on,
             redirect_dir: self.redirect_dir,
+            metacopy: self.metacopy,
             passthrough: self.passthrough,
             threads: self.threads,
             noacl: self.noacl,
@@ -992,7 +1076,7 @@ mod tests {
         assert!(o.read_only);
         assert_eq!(o.kernel_opts, vec![KernelOpt::Ro]);
         assert!(!o.foreground && !o.debug);
-        assert_eq!(o.redirect_dir, RedirectDir::Follow);
+        assert_eq!(o.redirect_dir, None);
         assert!(o.warnings.is_empty());
     }
 
@@ -1206,12 +1290,12 @@ mod tests {
         ]);
         assert!(o.volatile && o.noacl);
         assert_eq!((o.idmap.squash_uid, o.idmap.squash_gid), (Some(0), Some(0)));
-        assert_eq!(o.redirect_dir, RedirectDir::NoFollow);
+        assert_eq!(o.redirect_dir, Some(RedirectDir::NoFollow));
         assert_eq!(o.passthrough, Some(Passthrough::Upper));
         assert_eq!(o.threads, Some(4));
         let o = run(&["-o", "lowerdir=/a,nopassthrough,redirect_dir=off", "/m"]);
         assert_eq!(o.passthrough, Some(Passthrough::Off));
-        assert_eq!(o.redirect_dir, RedirectDir::Off);
+        assert_eq!(o.redirect_dir, Some(RedirectDir::Off));
     }
 
     #[test]
@@ -1266,9 +1350,11 @@ mod tests {
             fail(&["-o", "lowerdir=/a,index=on", "/m"]),
             "index=on is not supported"
         );
+        let o = run(&["-o", "lowerdir=/a,metacopy=on", "/m"]);
+        assert_eq!((o.metacopy, o.redirect_dir), (Some(true), None));
         assert_eq!(
-            fail(&["-o", "lowerdir=/a,metacopy=on", "/m"]),
-            "metacopy=on is not supported"
+            fail(&["-o", "lowerdir=/a,metacopy=on,redirect_dir=follow", "/m"]),
+            "conflicting options: metacopy=on,redirect_dir=follow"
         );
     }
 

@@ -439,7 +439,7 @@ fn unionfs_daemon_layers(mount_point: &Path) -> Result<LayerSet, String> {
             } else {
                 XattrNs::Trusted
             }),
-            follow_redirects: o.redirect_dir != crate::options::RedirectDir::NoFollow,
+            follow_redirects: o.redirect_dir != Some(crate::options::RedirectDir::NoFollow),
         });
     }
     Err(format!(

@@ -44,6 +44,12 @@ pub struct Config {
     pub noacl: bool,
     /// How owners on disk show through the union (`uidmapping=`, `squash_to_*`).
     pub idmap: crate::idmap::IdMap,
+    /// `redirect_dir=on`: renaming a directory with lower content writes a redirect.
+    pub redirect_create: bool,
+    /// Lookups follow redirects (`redirect_dir=on|follow`).
+    pub redirect_follow: bool,
+    /// `metacopy=on`: changes of a lower regular file's metadata copy up no data.
+    pub metacopy: bool,
 }
 
 /// Attributes as the union shows them.
@@ -113,6 +119,8 @@ pub trait Invalidate: Send + Sync {
 }
 
 pub struct UnionFs {
+    /// How lookups treat redirects.
+    pub redirects: crate::lookup::Redirects,
     /// Set once the session exists.
     pub invalidator: Arc<std::sync::OnceLock<Box<dyn Invalidate>>>,
     pub layers: Layers,
@@ -163,18 +171,21 @@ impl UnionFs {
             u.xpath()
                 .is_ok_and(|x| crate::whiteout::has_opaque_xattr(&x, layers.ns))
         });
+        let mut roots = Vec::new();
+        for (i, l) in layers.lowers.iter().enumerate() {
+            let fd = nix::fcntl::openat(
+                l.fd(),
+                ".",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            roots.push(root_of(fd, LayerRef::Lower(i))?);
+        }
         let mut lowers = Vec::new();
         if !opaque {
-            for (i, l) in layers.lowers.iter().enumerate() {
-                let fd = nix::fcntl::openat(
-                    l.fd(),
-                    ".",
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let r = root_of(fd, LayerRef::Lower(i))?;
+            for r in &roots {
                 let stop = crate::whiteout::has_opaque_xattr(&r.xpath()?, layers.ns);
-                lowers.push(r);
+                lowers.push(r.clone());
                 if stop {
                     break;
                 }
@@ -194,10 +205,18 @@ impl UnionFs {
             upper,
             lowers,
             impure,
+            redirect: None,
+            metacopy: false,
             unlinked: false,
             aliases: Vec::new(),
         });
+        let redirects = crate::lookup::Redirects {
+            follow: config.redirect_follow,
+            roots,
+            metacopy: config.metacopy,
+        };
         Ok(UnionFs {
+            redirects,
             invalidator: Arc::new(std::sync::OnceLock::new()),
             layers,
             inodes,
@@ -305,7 +324,11 @@ impl UnionFs {
     pub fn attr_of(&self, inode: &Inode) -> Result<Attr> {
         let st = inode.state.read();
         let real = st.real().ok_or(Errno::ESTALE)?;
-        let fst = real.stat()?;
+        let mut fst = real.stat()?;
+        if let (true, Some(data)) = (st.metacopy, st.lowers.first()) {
+            // A metadata-only copy's blocks are its data's, as the kernel reports them.
+            fst.st_blocks = data.stat()?.st_blocks;
+        }
         let ino = if inode.ino == ROOT {
             self.root_ino
         } else {
@@ -326,7 +349,7 @@ impl UnionFs {
         }
         let found = {
             let pst = p.state.read();
-            crate::lookup::resolve(&self.layers, &pst, name)?
+            crate::lookup::resolve(&self.layers, &self.redirects, &pst, name)?
         };
         if crate::trace::lookups_on() {
             crate::trace::lookup(self, &p, name, found.as_ref());

@@ -149,3 +149,72 @@ fn getattr_during_unlink_of_an_upper_file() {
         "GETATTR after the unlink"
     );
 }
+
+/// Truncates `file` as uid 1000 (no CAP_FSETID) and returns the child's process.
+fn truncate_as_user(file: &Path) -> std::process::Child {
+    Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--"])
+        .arg("truncate")
+        .args(["-s", "1"])
+        .arg(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("setpriv truncate: {e}"))
+}
+
+/// The set-id decision for a truncate whose caller is killed while the daemon holds its
+/// SETATTR: the kernel decided when it sent the request (a caller without CAP_FSETID:
+/// set-user-id goes), and the daemon must come to the same answer, not take a caller it
+/// can no longer read for root. The same truncate on the kernel's overlay is the oracle.
+#[test]
+fn setid_kill_when_the_caller_dies_during_its_truncate() {
+    if !require_root("setid_kill_when_the_caller_dies_during_its_truncate") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let prepare = |s: &Scratch| {
+        let f = s.path("l/d/s");
+        std::fs::write(&f, "set-id file\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4777))
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    // The oracle: the kernel's overlay, the caller alive.
+    let k = setup("race-setid-k");
+    prepare(&k);
+    let mut km = mount_kernel(
+        &k.path("l").display().to_string(),
+        &k.path("u"),
+        &k.path("w"),
+        &k.path("m"),
+        "",
+    );
+    let st = truncate_as_user(&k.path("m/d/s"))
+        .wait()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(st.success(), "truncate on the kernel's overlay: {st}");
+    let want = std::fs::metadata(k.path("m/d/s"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .mode();
+    km.unmount();
+    // unionfs, the caller killed while its SETATTR is held in the daemon.
+    let s = setup("race-setid");
+    prepare(&s);
+    let mut m = mount_paused(&s, "setattr", 600);
+    let mut child = truncate_as_user(&s.path("m/d/s"));
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    // The daemon finishes the held request; then the mode shows.
+    std::thread::sleep(Duration::from_millis(600));
+    let got = std::fs::metadata(s.path("m/d/s"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .mode();
+    m.unmount();
+    assert_eq!(
+        got & 0o7777,
+        want & 0o7777,
+        "mode after a killed user's truncate: unionfs {got:o}, kernel overlay {want:o}"
+    );
+}

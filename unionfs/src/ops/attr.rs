@@ -74,6 +74,7 @@ impl UnionFs {
 
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         self.check_writable()?;
+        crate::testhook::pause("setattr");
         let inode = self.inode(ino)?;
         // Append-only and immutable (see `fileattr`): setting the times to now is the only
         // change an append-only object takes.
@@ -89,10 +90,10 @@ impl UnionFs {
         let idmap = &self.config.idmap;
         let stored_uid = a.uid.map(|u| idmap.stored_uid(u)).transpose()?;
         let stored_gid = a.gid.map(|g| idmap.stored_gid(g)).transpose()?;
-        let data = if a.size == Some(0) {
-            Data::Skip
-        } else {
-            Data::Copy
+        let data = match a.size {
+            Some(0) => Data::Skip,
+            Some(_) => Data::Copy,
+            None => Data::Meta,
         };
         let _c = crate::trace::because(if a.size.is_some() {
             crate::trace::Cause::Truncate

@@ -170,7 +170,12 @@ impl UnionFs {
             });
             ensure_upper(self, &inode, data)?
         } else {
-            inode.state.read().real().cloned().ok_or(Errno::ESTALE)?
+            inode
+                .state
+                .read()
+                .data_real()
+                .cloned()
+                .ok_or(Errno::ESTALE)?
         };
         let upper = real.layer == crate::inode::LayerRef::Upper;
         let file = real.open(real_flags(flags))?;
@@ -285,7 +290,10 @@ impl UnionFs {
     /// Moves a read-only handle of a lower file to the upper copy once there is one.
     fn follow_copy_up(&self, h: &FileHandle) -> Result<()> {
         let inode = self.inode(h.ino)?;
-        let upper = inode.state.read().upper.clone();
+        let upper = {
+            let st = inode.state.read();
+            st.upper.clone().filter(|_| !st.metacopy)
+        };
         if let Some(u) = upper {
             let f = u.open(OFlag::O_RDONLY)?;
             *h.file.write() = f;

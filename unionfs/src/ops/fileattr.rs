@@ -269,7 +269,7 @@ impl UnionFs {
     fn set_flags(&self, inode: &std::sync::Arc<Inode>, flags: u32) -> Result<()> {
         self.check_writable()?;
         let _c = crate::trace::because(crate::trace::Cause::Fileattr);
-        let upper = ensure_upper(self, inode, Data::Copy)?;
+        let upper = ensure_upper(self, inode, Data::Meta)?;
         write_prot_xattr(self.layers.ns, &upper.xpath()?, Prot::from_flags(flags))?;
         fsops::set_flags(open_real(&upper)?.as_fd(), flags & !PROT_FLAGS)?;
         Ok(())
@@ -288,7 +288,7 @@ impl UnionFs {
     fn set_fsxattr(&self, inode: &std::sync::Arc<Inode>, v: &[u8; FSXATTR_SIZE]) -> Result<()> {
         self.check_writable()?;
         let _c = crate::trace::because(crate::trace::Cause::Fileattr);
-        let upper = ensure_upper(self, inode, Data::Copy)?;
+        let upper = ensure_upper(self, inode, Data::Meta)?;
         let x = xflags(v);
         let prot = Prot {
             append: x & FS_XFLAG_APPEND != 0,

@@ -5,6 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
@@ -204,10 +205,11 @@ impl UnionFs {
             Ok(file) => {
                 let real = upper_real(pdir, name, obj.is_dir(), None)?;
                 own(&real, ctx, setgid, &obj)?;
-                // The kernel with xino=on allows no offline change of the lowers, and so
-                // makes a new directory in a merged one opaque (an optimisation there,
-                // allowed to fail: so here too).
-                if obj.is_dir() && self.config.xino_on && !p.state.read().lowers.is_empty() {
+                // The kernel with xino=on or redirect_dir=on allows no offline change of
+                // the lowers, and so makes a new directory in a merged one opaque (an
+                // optimisation there, allowed to fail: so here too).
+                let no_offline = self.config.xino_on || self.config.redirect_create;
+                if obj.is_dir() && no_offline && !p.state.read().lowers.is_empty() {
                     if let Ok(x) = real.xpath() {
                         if crate::sys::fsops::setxattr(&x, self.layers.ns.opaque(), b"y", 0).is_ok()
                         {
@@ -235,6 +237,8 @@ impl UnionFs {
             upper: Some(real),
             lowers: Vec::new(),
             impure: false,
+            redirect: None,
+            metacopy: false,
             unlinked: false,
             aliases: Vec::new(),
         };
@@ -316,12 +320,16 @@ impl UnionFs {
         self.check(&p, Change::AddEntry)?;
         let su = {
             let _c = trace::because(trace::Cause::Link);
-            ensure_upper(self, &src, Data::Copy)?
+            ensure_upper(self, &src, Data::Meta)?
         };
         let pu = {
             let _c = trace::because(trace::Cause::CreateInLowerDir);
             ensure_upper(self, &p, Data::Copy)?
         };
+        if src.state.read().metacopy {
+            // Every name of a metadata-only copy must find its data: an absolute redirect.
+            self.set_redirect(&src, &su, false)?;
+        }
         let pdir_fd = pu.dir()?;
         let pdir = pdir_fd.as_fd();
         match su.link_to(pdir, newname) {
@@ -400,8 +408,8 @@ impl UnionFs {
         // Whether a lower layer shows this *name*. A node without an upper object was just
         // found in a lower layer under it. With an upper object the node's lower part says
         // nothing about the name (an upper hard link has other names): ask the layers.
-        let needs_whiteout =
-            (has_lower && (!has_upper || dir)) || lower_positive(&p.state.read(), name)?;
+        // A directory moved here (a redirect) has lower content under another name.
+        let needs_whiteout = (has_lower && !has_upper) || lower_positive(&p.state.read(), name)?;
         // The kernel may still send requests for the node (an open file, a request that
         // resolved the name before it went): they must reach this object, not whatever
         // takes the name next.
@@ -486,20 +494,25 @@ impl UnionFs {
             return Err(Errno::ENOENT);
         }
         self.check_rename(&p, &src.node, &np, dst.as_ref().map(|d| &*d.node))?;
-        // Without redirect_dir a directory with lower content cannot move: EXDEV makes
+        // Without redirect_dir=on a directory with lower content cannot move: EXDEV makes
         // `mv` copy it instead. The kernel's overlay says so before it looks at the target.
         let has_lower = |n: &Inode| !n.state.read().lowers.is_empty();
-        if src.node.is_dir() && has_lower(&src.node) {
+        let movable = |n: &Inode| self.config.redirect_create || !n.is_dir() || !has_lower(n);
+        if !movable(&src.node) {
             trace::exdev(self, &src.node, (&np, newname), "dir-with-lower-content");
             return Err(Errno::EXDEV);
         }
         if let Some(d) = &dst {
-            if exchange && d.node.is_dir() && has_lower(&d.node) {
+            if exchange && !movable(&d.node) {
                 trace::exdev(self, &d.node, (&p, name), "dir-with-lower-content");
                 return Err(Errno::EXDEV);
             }
+            // A pure upper directory (no lower part, never copied up: no whiteouts in it)
+            // is left for the real rename to refuse, as the kernel leaves it, after the
+            // copy-ups and the redirect.
             if !exchange
                 && d.node.is_dir()
+                && !self.pure_upper_dir(&d.node)
                 && !crate::readdir::is_empty(&self.layers, &d.node.state.read())?
             {
                 return Err(Errno::ENOTEMPTY);
@@ -508,21 +521,26 @@ impl UnionFs {
         let src_had_lower = has_lower(&src.node);
         let src_had_upper = src.node.state.read().upper.is_some();
         let _c = trace::because(trace::Cause::Rename);
-        let su = ensure_upper(self, &src.node, Data::Copy)?;
+        let su = ensure_upper(self, &src.node, Data::Meta)?;
         let pu = ensure_upper(self, &p, Data::Copy)?;
         let npu = ensure_upper(self, &np, Data::Copy)?;
         if let Some(d) = &dst {
             if exchange {
-                ensure_upper(self, &d.node, Data::Copy)?;
+                ensure_upper(self, &d.node, Data::Meta)?;
             }
         }
         // Leave a whiteout where a lower layer shows the old name (see `remove`).
         let src_whiteout = !exchange
             && ((src_had_lower && !src_had_upper) || lower_positive(&p.state.read(), name)?);
-        // A pure upper directory moved into a merged one becomes opaque, as the kernel
-        // makes it: names below the new place must not show through it.
+        // A directory with lower content records where that content is (a redirect); a
+        // pure upper directory moved into a merged one becomes opaque, as the kernel makes
+        // it: names below the new place must not show through it.
         let ns = self.layers.ns;
-        if src.node.is_dir()
+        let samedir = parent == newparent;
+        let metacopy = |n: &Inode| n.state.read().metacopy;
+        if (src.node.is_dir() && has_lower(&src.node)) || metacopy(&src.node) {
+            self.set_redirect(&src.node, &su, samedir)?;
+        } else if src.node.is_dir()
             && has_lower(&np)
             && !crate::whiteout::has_opaque_xattr(&su.xpath()?, ns)
         {
@@ -531,8 +549,12 @@ impl UnionFs {
         }
         if let (true, Some(d)) = (exchange, &dst) {
             let du = d.node.state.read().upper.clone();
-            if let (true, Some(du)) = (d.node.is_dir(), du) {
-                if has_lower(&p) && !crate::whiteout::has_opaque_xattr(&du.xpath()?, ns) {
+            if let (Some(du), true) = (&du, metacopy(&d.node)) {
+                self.set_redirect(&d.node, du, samedir)?;
+            } else if let (true, Some(du)) = (d.node.is_dir(), du) {
+                if has_lower(&d.node) {
+                    self.set_redirect(&d.node, &du, samedir)?;
+                } else if has_lower(&p) && !crate::whiteout::has_opaque_xattr(&du.xpath()?, ns) {
                     crate::sys::fsops::setxattr(&du.xpath()?, ns.opaque(), b"y", 0)?;
                     trace::opaque(self, &p, name, "rename-into-merged-dir");
                 }
@@ -542,7 +564,7 @@ impl UnionFs {
             // An upper directory being replaced may still hold whiteouts; the rename
             // needs it really empty.
             if let Some(d) = &dst {
-                if d.node.is_dir() {
+                if d.node.is_dir() && !self.pure_upper_dir(&d.node) {
                     if let Some(du) = d.node.state.read().upper.clone() {
                         clean_dir(du.dir()?.as_fd())?;
                     }
@@ -564,6 +586,15 @@ impl UnionFs {
             }
             _ => false,
         };
+        if !samedir {
+            // Before the rename, as the kernel marks them (so also when it fails).
+            if src_origin {
+                mark_impure(self, &np, &npu)?;
+            }
+            if dst_origin {
+                mark_impure(self, &p, &pu)?;
+            }
+        }
         let (odf, ndf) = (pu.dir()?, npu.dir()?);
         let (od, nd) = (odf.as_fd(), ndf.as_fd());
         // From the rename of the real names until the nodes know their new places, no
@@ -611,10 +642,16 @@ impl UnionFs {
             trace::whiteout(self, &p, name, "rename");
         }
         crate::testhook::pause("rename");
-        move_node(&mut sst, newparent, newname, npu.dir_ref()?);
-        if let Some(dl) = dst_st.as_mut() {
+        move_node(
+            &mut sst,
+            newparent,
+            newname,
+            npu.dir_ref()?,
+            src.node.is_dir(),
+        );
+        if let (Some(dl), Some(d)) = (dst_st.as_mut(), &dst) {
             if exchange {
-                move_node(dl, parent, name, pu.dir_ref()?);
+                move_node(dl, parent, name, pu.dir_ref()?, d.node.is_dir());
             } else {
                 dl.unlinked = true;
             }
@@ -627,6 +664,107 @@ impl UnionFs {
             mark_impure(self, &p, &pu)?;
         }
         Ok(())
+    }
+}
+
+/// The longest redirect the kernel writes (its `redirect_max` default); a longer one
+/// makes the rename fail with EXDEV.
+const REDIRECT_MAX: usize = 256;
+
+impl UnionFs {
+    /// Records, before a directory with lower content (or a metadata-only copy) moves,
+    /// where that content is (the kernel's `ovl_set_redirect`): its name when it stays in
+    /// its directory (and is no lower hard link), else the
+    /// absolute path of its lower part, made of its own and its ancestors' names, each
+    /// replaced by its redirect where it has one. A redirect that already says enough is
+    /// kept. When none can be written the rename fails with EXDEV (so `mv` copies the
+    /// directory), as in the kernel.
+    fn set_redirect(&self, node: &Inode, upper: &Real, samedir: bool) -> Result<()> {
+        let (current, name, lower_links) = {
+            let st = node.state.read();
+            let links = match (node.is_dir(), st.lowers.first()) {
+                (false, Some(l)) => l.stat().map_or(1, |s| s.st_nlink),
+                _ => 1,
+            };
+            (st.redirect.clone(), st.name.clone(), links)
+        };
+        // A lower hard link's other names may be anywhere: its redirect is absolute.
+        let absolute = !samedir || lower_links > 1;
+        if let Some(r) = &current {
+            if !absolute || r.as_bytes().starts_with(b"/") {
+                return Ok(());
+            }
+        }
+        let value = if !absolute {
+            name.into_vec()
+        } else {
+            self.absolute_redirect(node).ok_or(Errno::EXDEV)?
+        };
+        let set = upper.xpath().and_then(|x| {
+            Ok(crate::sys::fsops::setxattr(
+                &x,
+                self.layers.ns.redirect(),
+                &value,
+                0,
+            )?)
+        });
+        if let Err(e) = set {
+            log::warn!("cannot set the redirect of {:?}: {e}", upper.ino);
+            return Err(Errno::EXDEV);
+        }
+        if trace::on() {
+            // Named where the directory is before the rename that needs the redirect.
+            trace::emit(&format!(
+                "event=redirect path={} redirect={}",
+                trace::path_of(self, node),
+                trace::quote(std::os::unix::ffi::OsStrExt::from_bytes(&value[..]))
+            ));
+        }
+        node.state.write().redirect = Some(OsString::from_vec(value));
+        Ok(())
+    }
+
+    /// A directory with no lower part and no origin: it holds no whiteouts (the kernel's
+    /// `ovl_pure_upper`).
+    fn pure_upper_dir(&self, node: &Inode) -> bool {
+        let st = node.state.read();
+        st.lowers.is_empty() && !st.upper.as_ref().is_some_and(|u| has_origin(self, u))
+    }
+
+    /// The absolute redirect of a directory (see `set_redirect`); None when it would be
+    /// longer than the kernel allows or an ancestor is gone.
+    fn absolute_redirect(&self, node: &Inode) -> Option<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut len = 0;
+        let mut cur = self.inode(node.ino).ok()?;
+        while cur.ino != crate::inode::ROOT {
+            let (part, parent) = {
+                let st = cur.state.read();
+                (
+                    st.redirect.clone().unwrap_or_else(|| st.name.clone()),
+                    st.parent,
+                )
+            };
+            let part = part.into_vec();
+            let absolute = part.starts_with(b"/");
+            len += part.len() + usize::from(!absolute);
+            if len > REDIRECT_MAX {
+                return None;
+            }
+            parts.push(part);
+            if absolute {
+                break;
+            }
+            cur = self.inode(parent).ok()?;
+        }
+        let mut out = Vec::with_capacity(len);
+        for part in parts.iter().rev() {
+            if !part.starts_with(b"/") {
+                out.push(b'/');
+            }
+            out.extend_from_slice(part);
+        }
+        Some(out)
     }
 }
 
@@ -650,7 +788,7 @@ fn has_origin(fs: &UnionFs, r: &Real) -> bool {
         .is_some()
 }
 
-fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>) {
+fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>, dir: bool) {
     st.parent = parent;
     st.name = OsString::from(name);
     if let Some(u) = st.upper.as_mut() {
@@ -660,8 +798,11 @@ fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRe
             Loc::Fd(_) => {}
         }
     }
-    // A moved node is upper only: directories with lower parts never move, and the lower
-    // object of a file stays at the old name (its origin record keeps its inode number).
-    // Keeping it would make removing the new name leave a needless whiteout.
-    st.lowers.clear();
+    // A moved directory keeps merging its lower directories (its redirect leads there
+    // again after a remount), as the kernel's dentry keeps its lower stack. The lower
+    // object of a file stays at the old name (its origin record keeps its inode number):
+    // keeping it would make removing the new name leave a needless whiteout.
+    if !dir && !st.metacopy {
+        st.lowers.clear();
+    }
 }

@@ -86,7 +86,7 @@ impl UnionFs {
         let inode = self.inode(ino)?;
         self.check(&inode, Change::Attr)?;
         let _c = crate::trace::because(crate::trace::Cause::Setxattr);
-        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        let upper = ensure_upper(self, &inode, Data::Meta)?;
         let rname = self.real_xattr_name(name);
         crate::sys::fsops::setxattr(&upper.xpath()?, &rname, value, flags)?;
         if name == acl::ACCESS {
@@ -119,7 +119,7 @@ impl UnionFs {
             }
         }
         let _c = crate::trace::because(crate::trace::Cause::Removexattr);
-        let upper = ensure_upper(self, &inode, Data::Copy)?;
+        let upper = ensure_upper(self, &inode, Data::Meta)?;
         crate::sys::fsops::removexattr(&upper.xpath()?, &rname)?;
         Ok(())
     }
