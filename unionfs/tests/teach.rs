@@ -1008,3 +1008,70 @@ fn explain_follows_redirects_as_the_kernel() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(e.shown.map(|s| s.0), Some(LayerId::Lower(1)));
 }
+
+/// With `redirect_dir=on` a merged directory moves (a redirect, no EXDEV), and with
+/// `metacopy=on` a metadata change copies no data until a write needs it.
+#[test]
+fn trace_redirect_and_metacopy() {
+    if !require_root("trace_redirect_and_metacopy", "needs root (mounts)") {
+        return;
+    }
+    let s = Scratch::new("teach-redirect-trace");
+    s.mkdirs(&["lower/ld/sub", "lower/d", "upper", "work", "mnt"]);
+    std::fs::write(s.path("lower/d/f"), "12345").unwrap_or_else(|e| panic!("{e}"));
+    let log = s.path("trace.log");
+    let _m = mount_unionfs(
+        &s.path("lower").display().to_string(),
+        &s.path("upper"),
+        &s.path("work"),
+        &s.path("mnt"),
+        &format!("redirect_dir=on,metacopy=on,trace={}", log.display()),
+    );
+    let m = s.path("mnt");
+    std::fs::set_permissions(m.join("d/f"), std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("d/f"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut f, b"x").unwrap_or_else(|e| panic!("{e}"));
+    drop(f);
+    std::fs::rename(m.join("ld"), m.join("ld2")).unwrap_or_else(|e| panic!("rename: {e}"));
+    std::fs::rename(m.join("ld2/sub"), m.join("sub2")).unwrap_or_else(|e| panic!("rename: {e}"));
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        normalize(got.trim_end()),
+        normalize(
+            "event=copy-up path=/d type=dir from=lower0 bytes=0 us=1 cause=parent\n\
+             event=copy-up path=/d/f type=file from=lower0 bytes=0 us=1 cause=chmod metacopy=yes\n\
+             event=copy-up-data path=/d/f bytes=5 us=1 cause=open-write\n\
+             event=copy-up path=/ld type=dir from=lower0 bytes=0 us=1 cause=rename\n\
+             event=redirect path=/ld redirect=ld\n\
+             event=whiteout path=/ld cause=rename\n\
+             event=copy-up path=/ld2/sub type=dir from=lower0 bytes=0 us=1 cause=rename\n\
+             event=redirect path=/ld2/sub redirect=/ld/sub\n\
+             event=whiteout path=/ld2/sub cause=rename"
+        )
+    );
+    // explain reads the redirects it left.
+    let set = LayerSet {
+        lowers: vec![s.path("lower")],
+        upper: Some(s.path("upper")),
+        ns: Some(XattrNs::Trusted),
+        follow_redirects: true,
+    };
+    let e = set
+        .explain(Path::new("/sub2"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        e.merged,
+        [LayerId::Upper, LayerId::Lower(0)],
+        "{}",
+        e.render()
+    );
+    assert!(
+        e.render().contains("lower0  dir (at /ld/sub)"),
+        "{}",
+        e.render()
+    );
+}
