@@ -271,8 +271,9 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
   trace[=FILE]           Write one line per union event as it happens: copy-up (path, layer,
-                         bytes, microseconds, cause), whiteout made or removed, directory made
-                         opaque, rename refused with EXDEV. Lines are key=value, e.g.
+                         bytes, microseconds, cause; copy-up-data for a metacopy's data),
+                         whiteout made or removed, directory made opaque, redirect written,
+                         rename refused with EXDEV. Lines are key=value, e.g.
                            event=copy-up path=/etc/motd type=file from=lower0 bytes=24 us=812 cause=open-write
                          FILE is appended to; without it, stderr (seen with -f only).
   trace_level=events|lookup
