@@ -70,6 +70,9 @@ pub enum Entry {
         size: u64,
         /// An `origin` xattr: this is a copy-up of a lower object.
         origin: bool,
+        /// A `metacopy` xattr: only the metadata was copied up; the data is still the
+        /// lower file's (`metacopy=on`).
+        metacopy: bool,
     },
 }
 
@@ -94,10 +97,18 @@ impl Entry {
                 }
                 s
             }
-            Entry::NonDir { kind, size, origin } => {
+            Entry::NonDir {
+                kind,
+                size,
+                origin,
+                metacopy,
+            } => {
                 let mut s = format!("{kind}, {size} bytes");
                 if *origin {
                     s.push_str(", copied up (origin xattr)");
+                }
+                if *metacopy {
+                    s.push_str(", metadata only (metacopy: the data is below)");
                 }
                 s
             }
@@ -262,6 +273,7 @@ impl LayerSet {
             kind: crate::trace::kind_name(md.mode()),
             size: md.size(),
             origin: id == LayerId::Upper && self.xattr(&p, "origin").is_some(),
+            metacopy: self.xattr(&p, "metacopy").is_some(),
         })
     }
 
@@ -415,11 +427,18 @@ impl LayerSet {
                 Entry::NonDir { .. } => {
                     if shown.is_none() {
                         let hidden = below();
-                        rule = Some(match (id, hidden.as_str()) {
+                        let mut r = match (id, hidden.as_str()) {
                             (_, "") => format!("only {} has it", id.name()),
                             (LayerId::Upper, h) => format!("upper entry hides {h}"),
                             (_, h) => format!("non-directory in {} hides {h}", id.name()),
-                        });
+                        };
+                        if matches!(e, Entry::NonDir { metacopy: true, .. }) {
+                            r.push_str(
+                                "; its data is still read from the lower file it was copied \
+                                 from (metacopy)",
+                            );
+                        }
+                        rule = Some(r);
                         shown = Some((id, e.clone()));
                     } else {
                         rule = Some(merge_rule(
