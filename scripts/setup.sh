@@ -10,7 +10,7 @@ $SUDO apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr acl busybox-static uidmap >/dev/null
 
 echo "== building unionfs"
-cargo build --release -p unionfs
+cargo build --release -p unionfs -p runner
 bin="$PWD/target/release/unionfs"
 
 demo=$(mktemp -d /tmp/unionfs-demo.XXXXXX)

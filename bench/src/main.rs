@@ -11,6 +11,7 @@ mod mount;
 mod report;
 mod scratch;
 mod signals;
+mod start;
 mod svg;
 mod targets;
 mod trees;
@@ -105,6 +106,11 @@ fn help_tail() -> String {
     for w in &workloads::ALL {
         let _ = writeln!(h, "  {:<18}{}", w.name, w.describe(&full));
     }
+    let _ = writeln!(
+        h,
+        "  {:<18}runbox run --rm IMAGE /bin/true on each backend (kernel overlay, unionfs by FUSE):\n  {:<18}container start-up, a table of its own (needs target/release/runbox)",
+        START, ""
+    );
     h.push_str(
         "\nMethod:
   The lower trees are generated once per run (the same bytes every run) and shared read-only
@@ -175,7 +181,19 @@ fn run() -> Result<ExitCode, String> {
         return Err("must run as root: it mounts, and drops the page cache".into());
     }
     let chosen_targets = select_targets(&mut all, &cli.targets)?;
-    let chosen_workloads = select_workloads(&cli.workloads)?;
+    // `start` is measured apart from the table (see `start.rs`).
+    let with_start = cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == START);
+    let table_names: Vec<String> = cli
+        .workloads
+        .iter()
+        .filter(|w| *w != START)
+        .cloned()
+        .collect();
+    let chosen_workloads = if !cli.workloads.is_empty() && table_names.is_empty() {
+        Vec::new()
+    } else {
+        select_workloads(&table_names)?
+    };
     let sizes = if cli.quick {
         Sizes::quick()
     } else {
@@ -264,6 +282,30 @@ fn run() -> Result<ExitCode, String> {
         results,
     };
     print!("{}", report::markdown(&report));
+    let start_rows = if with_start {
+        let runbox = loc
+            .unionfs
+            .parent()
+            .map(|d| d.join("runbox"))
+            .ok_or("the unionfs path has no directory")?;
+        let dir = scratch
+            .fresh_dir()
+            .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let rows = start::Start::prepare(&runbox, &loc.unionfs, &dir)
+            .and_then(|s| s.measure(rounds.max(3), warmup.max(1)));
+        match rows {
+            Ok(rows) => {
+                print!("{}", start::markdown(&rows));
+                Some(rows)
+            }
+            Err(e) => {
+                println!("\nContainer start-up: failed: {e}");
+                None
+            }
+        }
+    } else {
+        Some(Vec::new())
+    };
     if let Some(path) = &cli.json {
         std::fs::write(path, report::json(&report)?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -284,6 +326,10 @@ fn run() -> Result<ExitCode, String> {
         .count();
     if failed > 0 {
         eprintln!("bench: {failed} workload-target cells failed (see Errors in the report)");
+        return Ok(ExitCode::FAILURE);
+    }
+    if start_rows.is_none() {
+        eprintln!("bench: the container start-up could not be measured (see the report)");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -310,6 +356,9 @@ fn select_targets(all: &mut [Target], names: &[String]) -> Result<Vec<usize>, St
         })
         .collect())
 }
+
+/// The container start-up measurement's name in `--workloads`.
+const START: &str = "start";
 
 fn select_workloads(names: &[String]) -> Result<Vec<&'static workloads::Workload>, String> {
     for n in names {
