@@ -264,6 +264,7 @@ fn copy_up_one(
             RenameFlags::RENAME_NOREPLACE,
         ),
     };
+    crate::testhook::pause("copy-up-placed");
     // The descriptor still names the object after the link or rename.
     let placed = linked
         .map_err(Errno::from)

@@ -218,3 +218,49 @@ fn setid_kill_when_the_caller_dies_during_its_truncate() {
         "mode after a killed user's truncate: unionfs {got:o}, kernel overlay {want:o}"
     );
 }
+
+/// A lookup of a name whose file is being copied up, once the copy has its name and before
+/// the node knows it: it must find the same node (the same inode number), not make a
+/// second one for the copy, which would leave the kernel two page caches of one file.
+/// The listing sends the lookup (READDIRPLUS looks every entry up); the name itself stays
+/// cached in the kernel.
+#[test]
+fn lookup_during_copy_up_finds_the_same_node() {
+    if !require_root("lookup_during_copy_up_finds_the_same_node") {
+        return;
+    }
+    let s = setup("race-copyup");
+    // In the root, whose upper exists: no parent copy-up pauses first.
+    std::fs::write(s.path("l/top"), "lower top\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut m = mount_paused(&s, "copy-up-placed", 600);
+    let before = std::fs::symlink_metadata(s.path("m/top"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .ino();
+    let target = s.path("m/top");
+    let writer = std::thread::spawn(move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(target)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let listed: Vec<(String, u64)> = std::fs::read_dir(s.path("m"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .filter(|e| e.file_name() == "top")
+        .map(|e| {
+            let ino = e.metadata().map(|m| m.ino()).unwrap_or(0);
+            (e.file_name().to_string_lossy().into_owned(), ino)
+        })
+        .collect();
+    let wrote = writer.join().unwrap_or_else(|_| panic!("writer panicked"));
+    let after = std::fs::symlink_metadata(s.path("m/top")).map(|m| m.ino());
+    m.unmount();
+    wrote.unwrap_or_else(|e| panic!("append: {e}"));
+    assert_eq!(
+        listed,
+        vec![("top".to_string(), before)],
+        "listing during the copy-up"
+    );
+    assert_eq!(after.ok(), Some(before), "st_ino after the copy-up");
+}
