@@ -251,6 +251,29 @@ fn redirect_inode_numbers_follow_origin() {
     });
 }
 
+/// An absolute redirect longer than the kernel's `redirect_max` (256) is not written:
+/// the rename fails with EXDEV (so `mv` copies); one just short of it is.
+#[test]
+fn redirect_too_long_gives_exdev() {
+    let (a, b) = ("a".repeat(100), "b".repeat(100));
+    let long = format!("{a}/{b}/{}", "c".repeat(54));
+    let fits = format!("{a}/{b}/{}", "d".repeat(53));
+    Scenario::new("redirect_too_long_gives_exdev")
+        .lower(Tree::new().file(format!("{long}/f"), 0o644, "f").file(
+            format!("{fits}/f"),
+            0o644,
+            "f",
+        ))
+        .mount_opts("redirect_dir=on")
+        .run(|o| {
+            o.rename(&long, "long");
+            o.want("EXDEV");
+            o.rename(&fits, "fits");
+            o.want("ok");
+            o.read("fits/f");
+        });
+}
+
 /// Without `on`, the kernel refuses such renames with EXDEV (so `mv` copies).
 #[test]
 fn redirect_follow_and_nofollow_refuse_renames() {
