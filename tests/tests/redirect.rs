@@ -489,6 +489,40 @@ fn metacopy_lower_hard_links() {
         });
 }
 
+/// A lower layer that was an upper with metadata-only copies (one found by name, one by
+/// its redirect): their metadata shows, their data is found below.
+#[test]
+fn metacopy_in_lower_layer_followed_to_data() {
+    Scenario::new("metacopy_in_lower_layer_followed_to_data")
+        .lower(
+            Tree::new()
+                .file("mf", 0o600, "\0\0\0\0\0\0\0")
+                .xattr("mf", "trusted.overlay.metacopy", "")
+                .file("dir/moved", 0o640, "\0\0\0\0\0")
+                .xattr("dir/moved", "trusted.overlay.metacopy", "")
+                .xattr("dir/moved", "trusted.overlay.redirect", "/data/orig"),
+        )
+        .lower(
+            Tree::new()
+                .file("mf", 0o644, "mf data")
+                .file("data/orig", 0o644, "orig!"),
+        )
+        .mount_opts("metacopy=on")
+        .run(|o| {
+            o.stat("mf");
+            o.read("mf");
+            o.read("dir/moved");
+            o.stat("dir/moved");
+            o.chmod("mf", 0o640);
+            o.read("mf");
+            o.rename("dir/moved", "moved2");
+            o.read("moved2");
+            o.append("mf", "+");
+            o.read("mf");
+            o.readdir("");
+        });
+}
+
 fn meta_script(o: &mut Ops) {
     o.chmod("f", 0o600);
     o.setxattr("d/c", "user.k", "v");

@@ -88,7 +88,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     // child's, so the recursion cannot deadlock.
     let pupper = ensure_upper(fs, &parent, Data::Copy)?;
     let _guard = inode.copyup.lock();
-    let (name, src) = {
+    let (name, src, data_src) = {
         let st = inode.state.read();
         if let Some(u) = &st.upper {
             return Ok(u.clone());
@@ -101,12 +101,19 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             mark_impure(fs, &parent, &pupper)?;
             return Err(Errno::EEXIST);
         }
+        // The data of a lower metadata-only copy is the last lower file.
+        let data_src = if st.metacopy {
+            st.lowers.last()
+        } else {
+            st.lowers.first()
+        };
         (
             st.name.clone(),
             st.lowers.first().cloned().ok_or(Errno::EIO)?,
+            data_src.cloned().ok_or(Errno::EIO)?,
         )
     };
-    let upper = copy_up_one(fs, &src, &pupper, &name, data)?;
+    let upper = copy_up_one(fs, &src, &data_src, &pupper, &name, data)?;
     mark_impure(fs, &parent, &pupper)?;
     let aliases = {
         let mut st = inode.state.write();
@@ -134,7 +141,7 @@ fn copy_up_data(fs: &UnionFs, inode: &Inode, data: Data) -> Result<()> {
         }
         (
             st.upper.clone().ok_or(Errno::EIO)?,
-            st.lowers.first().cloned().ok_or(Errno::EIO)?,
+            st.lowers.last().cloned().ok_or(Errno::EIO)?,
         )
     };
     let x = upper.xpath()?;
@@ -172,6 +179,7 @@ pub fn mark_impure(fs: &UnionFs, dir: &Inode, dir_upper: &Real) -> Result<()> {
 fn copy_up_one(
     fs: &UnionFs,
     src: &Real,
+    data_src: &Real,
     parent_upper: &Real,
     name: &OsStr,
     data: Data,
@@ -182,7 +190,7 @@ fn copy_up_one(
     let st = src.stat()?;
     // Naming the copy changes the parent's times; the kernel puts them back.
     let pst = fstat_fd(pdir.as_fd())?;
-    let built = build(fs, src, &st, data);
+    let built = build(fs, src, data_src, &st, data);
     let result = built.as_ref().map_err(|e| *e).and_then(|(temp, _)| {
         match temp {
             Temp::Unnamed(f) => {
@@ -314,7 +322,13 @@ fn open_unnamed(fs: &UnionFs, work: BorrowedFd<'_>) -> Result<Option<File>> {
 
 /// Builds the copy of `src` in the work directory; returns where it is and a descriptor
 /// of it (`O_PATH` for a named one).
-fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, OwnedFd)> {
+fn build(
+    fs: &UnionFs,
+    src: &Real,
+    data_src: &Real,
+    st: &FileStat,
+    data: Data,
+) -> Result<(Temp, OwnedFd)> {
     let work = fs.work_fd()?;
     let kind = st.st_mode & libc::S_IFMT;
     if kind == libc::S_IFREG {
@@ -322,7 +336,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
             let fd = Arc::new(OwnedFd::from(f));
             let f = File::from(fd.try_clone()?);
             let x = XPath::fd(Arc::clone(&fd));
-            fill_file(fs, src, st, &f, &x, data)?;
+            fill_file(fs, src, data_src, st, &f, &x, data)?;
             if metadata_only(fs, data) {
                 mark_metacopy(fs, st, &f, &x)?;
             }
@@ -333,7 +347,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
         }
     }
     let tmp = fs.tmp_name();
-    let named = build_named(fs, src, st, work, &tmp, data);
+    let named = build_named(fs, src, data_src, st, work, &tmp, data);
     match named {
         Ok(fd) => Ok((Temp::Named(tmp), fd)),
         Err(e) => {
@@ -346,6 +360,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
 fn build_named(
     fs: &UnionFs,
     src: &Real,
+    data_src: &Real,
     st: &FileStat,
     work: BorrowedFd<'_>,
     tmp: &OsStr,
@@ -379,7 +394,7 @@ fn build_named(
     let dst = XPath::at(fs.work_arc()?, tmp);
     match &written {
         Some(f) => {
-            fill_file(fs, src, st, f, &dst, data)?;
+            fill_file(fs, src, data_src, st, f, &dst, data)?;
             if metadata_only(fs, data) {
                 mark_metacopy(fs, st, f, &dst)?;
             }
@@ -402,17 +417,19 @@ fn mark_metacopy(fs: &UnionFs, st: &FileStat, f: &File, x: &XPath) -> Result<()>
     Ok(())
 }
 
-/// A regular file's data, then its xattrs and origin.
+/// A regular file's data (from `data_src`, below `src` for a lower metadata-only copy),
+/// then its xattrs and origin.
 fn fill_file(
     fs: &UnionFs,
     src: &Real,
+    data_src: &Real,
     st: &FileStat,
     dst: &File,
     dst_x: &XPath,
     data: Data,
 ) -> Result<()> {
     if data != Data::Skip && !metadata_only(fs, data) && st.st_size > 0 {
-        let s = src.open(OFlag::O_RDONLY)?;
+        let s = data_src.open(OFlag::O_RDONLY)?;
         copy_data(&s, dst, st.st_size as u64)?;
     }
     copy_meta_xattrs(fs, src, st, dst_x)
