@@ -1,6 +1,8 @@
 //! The merge rule for one name in one merged directory: top-down over the upper and the
 //! lower layers, a whiteout ends the search, a non-directory hides everything below it,
-//! directories merge until an opaque one.
+//! directories merge until an opaque one. A redirect (`*.overlay.redirect`) changes what
+//! the layers below are asked for, and a metadata-only copy (`*.overlay.metacopy`) goes
+//! on to its data below, as the kernel's `ovl_lookup`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
