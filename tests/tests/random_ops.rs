@@ -37,11 +37,38 @@ enum Op {
     Readdir(&'static str),
 }
 
-fn p() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(PATHS.to_vec())
+/// The names a sequence works on, and the directories it lists.
+#[derive(Clone, Copy)]
+struct Names {
+    paths: &'static [&'static str],
+    dirs: &'static [&'static str],
 }
 
-fn op() -> impl Strategy<Value = Op> {
+const NAMES: Names = Names {
+    paths: PATHS,
+    dirs: &["", "d1", "d2", "e"],
+};
+
+/// Deeper names, for directory moves whose children move too (`redirect_dir=on`).
+const DEEP: Names = Names {
+    paths: &[
+        "a",
+        "d1",
+        "d2",
+        "x",
+        "d1/b",
+        "d1/b/deep",
+        "d1/b/e",
+        "d1/b/e/f",
+        "d2/c",
+        "d2/c/x",
+        "d2/a",
+    ],
+    dirs: &["", "d1", "d2", "d1/b", "d1/b/e", "d2/c"],
+};
+
+fn op(names: Names) -> impl Strategy<Value = Op> {
+    let p = move || prop::sample::select(names.paths.to_vec());
     prop_oneof![
         3 => (p(), any::<u8>()).prop_map(|(a, b)| Op::Write(a, b)),
         2 => p().prop_map(Op::Append),
@@ -62,7 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (p(), any::<u8>()).prop_map(|(a, v)| Op::Setxattr(a, v)),
         1 => p().prop_map(Op::Removexattr),
         1 => p().prop_map(Op::Utimes),
-        2 => prop::sample::select(vec!["", "d1", "d2", "e"]).prop_map(Op::Readdir),
+        2 => prop::sample::select(names.dirs.to_vec()).prop_map(Op::Readdir),
     ]
 }
 
@@ -152,6 +179,16 @@ fn scenario() -> Scenario {
 /// each with a piece of its `stat` line on the kernel's side (checked before the ops of
 /// every sequence), and that the sequences must name.
 fn run_random(name: &str, sc: Scenario, default_cases: u32, present: &[(&str, &str)]) {
+    run_random_in(name, sc, default_cases, NAMES, present);
+}
+
+fn run_random_in(
+    name: &str,
+    sc: Scenario,
+    default_cases: u32,
+    names: Names,
+    present: &[(&str, &str)],
+) {
     if !difftests::scenario::require_root(name) {
         return;
     }
@@ -174,7 +211,7 @@ fn run_random(name: &str, sc: Scenario, default_cases: u32, present: &[(&str, &s
     };
     let mut runner = TestRunner::new(config);
     let touched = std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let result = runner.run(&prop::collection::vec(op(), 1..30), |ops| {
+    let result = runner.run(&prop::collection::vec(op(names), 1..30), |ops| {
         if let Ok(mut t) = touched.lock() {
             t.extend(ops.iter().flat_map(Op::paths));
         }
@@ -317,4 +354,37 @@ fn random_op_sequences_metacopy() {
             .mount_opts("metacopy=on")
             .lower(Tree::new().file("d1/b/deep", 0o644, "l3 deep"));
     run_random("random_op_sequences_metacopy", sc, 64, PLAIN);
+}
+
+/// Moves of directories holding moved and merged directories, with `redirect_dir=on`:
+/// absolute redirects built from the ancestors', followed again below moved parents.
+#[test]
+fn random_op_sequences_redirect_dir_deep() {
+    let sc = deep().mount_opts("redirect_dir=on");
+    run_random_in("random_op_sequences_redirect_dir_deep", sc, 64, DEEP, &[]);
+}
+
+/// The same with `metacopy=on`: moved metadata-only copies below moved directories.
+#[test]
+fn random_op_sequences_metacopy_deep() {
+    let sc = deep().mount_opts("metacopy=on");
+    run_random_in("random_op_sequences_metacopy_deep", sc, 32, DEEP, &[]);
+}
+
+fn deep() -> Scenario {
+    Scenario::new("random_ops_deep")
+        .lower(
+            Tree::new()
+                .file("a", 0o644, "l1 a")
+                .file("d1/b/deep", 0o644, "l1 deep")
+                .file("d1/b/e/f", 0o644, "l1 f")
+                .dir("d2/c", 0o755),
+        )
+        .lower(
+            Tree::new()
+                .file("d1/b/e/g", 0o644, "l2 g")
+                .file("d2/c/x/y", 0o644, "l2 y")
+                .file("d2/a", 0o644, "l2 d2/a")
+                .dir("x", 0o755),
+        )
 }

@@ -251,6 +251,29 @@ fn redirect_inode_numbers_follow_origin() {
     });
 }
 
+/// An absolute redirect longer than the kernel's `redirect_max` (256) is not written:
+/// the rename fails with EXDEV (so `mv` copies); one just short of it is.
+#[test]
+fn redirect_too_long_gives_exdev() {
+    let (a, b) = ("a".repeat(100), "b".repeat(100));
+    let long = format!("{a}/{b}/{}", "c".repeat(54));
+    let fits = format!("{a}/{b}/{}", "d".repeat(53));
+    Scenario::new("redirect_too_long_gives_exdev")
+        .lower(Tree::new().file(format!("{long}/f"), 0o644, "f").file(
+            format!("{fits}/f"),
+            0o644,
+            "f",
+        ))
+        .mount_opts("redirect_dir=on")
+        .run(|o| {
+            o.rename(&long, "long");
+            o.want("EXDEV");
+            o.rename(&fits, "fits");
+            o.want("ok");
+            o.read("fits/f");
+        });
+}
+
 /// Without `on`, the kernel refuses such renames with EXDEV (so `mv` copies).
 #[test]
 fn redirect_follow_and_nofollow_refuse_renames() {
@@ -462,6 +485,40 @@ fn metacopy_lower_hard_links() {
             o.append("h", "+");
             o.read("h");
             o.read("h3");
+            o.readdir("");
+        });
+}
+
+/// A lower layer that was an upper with metadata-only copies (one found by name, one by
+/// its redirect): their metadata shows, their data is found below.
+#[test]
+fn metacopy_in_lower_layer_followed_to_data() {
+    Scenario::new("metacopy_in_lower_layer_followed_to_data")
+        .lower(
+            Tree::new()
+                .file("mf", 0o600, "\0\0\0\0\0\0\0")
+                .xattr("mf", "trusted.overlay.metacopy", "")
+                .file("dir/moved", 0o640, "\0\0\0\0\0")
+                .xattr("dir/moved", "trusted.overlay.metacopy", "")
+                .xattr("dir/moved", "trusted.overlay.redirect", "/data/orig"),
+        )
+        .lower(
+            Tree::new()
+                .file("mf", 0o644, "mf data")
+                .file("data/orig", 0o644, "orig!"),
+        )
+        .mount_opts("metacopy=on")
+        .run(|o| {
+            o.stat("mf");
+            o.read("mf");
+            o.read("dir/moved");
+            o.stat("dir/moved");
+            o.chmod("mf", 0o640);
+            o.read("mf");
+            o.rename("dir/moved", "moved2");
+            o.read("moved2");
+            o.append("mf", "+");
+            o.read("mf");
             o.readdir("");
         });
 }

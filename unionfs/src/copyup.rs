@@ -95,7 +95,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
         ensure_upper(fs, &parent, Data::Copy)?
     };
     let _guard = inode.copyup.lock();
-    let (name, src) = {
+    let (name, src, data_src) = {
         let st = inode.state.read();
         if let Some(u) = &st.upper {
             return Ok(u.clone());
@@ -108,16 +108,23 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
             mark_impure(fs, &parent, &pupper)?;
             return Err(Errno::EEXIST);
         }
+        // The data of a lower metadata-only copy is the last lower file.
+        let data_src = if st.metacopy {
+            st.lowers.last()
+        } else {
+            st.lowers.first()
+        };
         (
             st.name.clone(),
             st.lowers.first().cloned().ok_or(Errno::EIO)?,
+            data_src.cloned().ok_or(Errno::EIO)?,
         )
     };
     // Before the copy has its name: a lookup that finds it reads its origin (and so its
     // inode number) only in an impure directory.
     mark_impure(fs, &parent, &pupper)?;
     let timer = crate::trace::Timer::start();
-    let (upper, aliases) = copy_up_one(fs, inode, &src, &pupper, &name, data)?;
+    let (upper, aliases) = copy_up_one(fs, inode, &src, &data_src, &pupper, &name, data)?;
     if crate::trace::on() {
         trace_copy_up(fs, inode, &src, data, &timer);
     }
@@ -179,7 +186,7 @@ fn copy_up_data(fs: &UnionFs, inode: &Inode, data: Data) -> Result<()> {
         }
         (
             st.upper.clone().ok_or(Errno::EIO)?,
-            st.lowers.first().cloned().ok_or(Errno::EIO)?,
+            st.lowers.last().cloned().ok_or(Errno::EIO)?,
         )
     };
     let x = upper.xpath()?;
@@ -226,6 +233,7 @@ fn copy_up_one(
     fs: &UnionFs,
     inode: &Inode,
     src: &Real,
+    data_src: &Real,
     parent_upper: &Real,
     name: &OsStr,
     data: Data,
@@ -236,7 +244,7 @@ fn copy_up_one(
     let st = src.stat()?;
     // Naming the copy changes the parent's times; the kernel puts them back.
     let pst = fstat_fd(pdir.as_fd())?;
-    let (temp, fd) = build(fs, src, &st, data).inspect_err(|e| {
+    let (temp, fd) = build(fs, src, data_src, &st, data).inspect_err(|e| {
         log::error!("copy-up of {name:?} failed: {e}");
     })?;
     let copy = fstat_fd(fd.as_fd())?;
@@ -382,7 +390,13 @@ fn open_unnamed(fs: &UnionFs, work: BorrowedFd<'_>) -> Result<Option<File>> {
 
 /// Builds the copy of `src` in the work directory; returns where it is and a descriptor
 /// of it (`O_PATH` for a named one).
-fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, OwnedFd)> {
+fn build(
+    fs: &UnionFs,
+    src: &Real,
+    data_src: &Real,
+    st: &FileStat,
+    data: Data,
+) -> Result<(Temp, OwnedFd)> {
     let work = fs.work_fd()?;
     let kind = st.st_mode & libc::S_IFMT;
     if kind == libc::S_IFREG {
@@ -390,7 +404,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
             let fd = Arc::new(OwnedFd::from(f));
             let f = File::from(fd.try_clone()?);
             let x = XPath::fd(Arc::clone(&fd));
-            fill_file(fs, src, st, &f, &x, data)?;
+            fill_file(fs, src, data_src, st, &f, &x, data)?;
             if metadata_only(fs, data) {
                 mark_metacopy(fs, st, &f, &x)?;
             }
@@ -401,7 +415,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
         }
     }
     let tmp = fs.tmp_name();
-    let named = build_named(fs, src, st, work, &tmp, data);
+    let named = build_named(fs, src, data_src, st, work, &tmp, data);
     match named {
         Ok(fd) => Ok((Temp::Named(tmp), fd)),
         Err(e) => {
@@ -414,6 +428,7 @@ fn build(fs: &UnionFs, src: &Real, st: &FileStat, data: Data) -> Result<(Temp, O
 fn build_named(
     fs: &UnionFs,
     src: &Real,
+    data_src: &Real,
     st: &FileStat,
     work: BorrowedFd<'_>,
     tmp: &OsStr,
@@ -447,7 +462,7 @@ fn build_named(
     let dst = XPath::at(fs.work_arc()?, tmp);
     match &written {
         Some(f) => {
-            fill_file(fs, src, st, f, &dst, data)?;
+            fill_file(fs, src, data_src, st, f, &dst, data)?;
             if metadata_only(fs, data) {
                 mark_metacopy(fs, st, f, &dst)?;
             }
@@ -470,17 +485,19 @@ fn mark_metacopy(fs: &UnionFs, st: &FileStat, f: &File, x: &XPath) -> Result<()>
     Ok(())
 }
 
-/// A regular file's data, then its xattrs and origin.
+/// A regular file's data (from `data_src`, below `src` for a lower metadata-only copy),
+/// then its xattrs and origin.
 fn fill_file(
     fs: &UnionFs,
     src: &Real,
+    data_src: &Real,
     st: &FileStat,
     dst: &File,
     dst_x: &XPath,
     data: Data,
 ) -> Result<()> {
     if data != Data::Skip && !metadata_only(fs, data) && st.st_size > 0 {
-        let s = src.open(OFlag::O_RDONLY)?;
+        let s = data_src.open(OFlag::O_RDONLY)?;
         copy_data(&s, dst, st.st_size as u64)?;
     }
     copy_meta_xattrs(fs, src, st, dst_x)

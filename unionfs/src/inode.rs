@@ -295,8 +295,8 @@ pub struct State {
     /// read by lookup from the upper directory, set when a rename writes one. A rename
     /// that needs an absolute redirect builds it from these and the ancestors' names.
     pub redirect: Option<OsString>,
-    /// A regular file whose upper copy holds its metadata only (`*.overlay.metacopy`):
-    /// its data is still `lowers[0]`'s.
+    /// A regular file whose upper copy (or top lower file) holds its metadata only
+    /// (`*.overlay.metacopy`): its data is the last lower file's.
     pub metacopy: bool,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
@@ -314,7 +314,7 @@ impl State {
     /// The object whose data the union shows: the lower file of a metadata-only copy.
     pub fn data_real(&self) -> Option<&Real> {
         if self.metacopy {
-            self.lowers.first()
+            self.lowers.last()
         } else {
             self.real()
         }

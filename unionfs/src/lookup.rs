@@ -1,6 +1,8 @@
 //! The merge rule for one name in one merged directory: top-down over the upper and the
 //! lower layers, a whiteout ends the search, a non-directory hides everything below it,
-//! directories merge until an opaque one.
+//! directories merge until an opaque one. A redirect (`*.overlay.redirect`) changes what
+//! the layers below are asked for, and a metadata-only copy (`*.overlay.metacopy`) goes
+//! on to its data below, as the kernel's `ovl_lookup`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
@@ -210,6 +212,7 @@ pub fn read_redirect(layers: &Layers, dir: &Real) -> Result<Option<Vec<u8>>> {
 /// no reading. As the kernel's `ovl_lookup_layer`.
 fn lookup_layer(
     layers: &Layers,
+    redirects: &Redirects,
     base: &Real,
     d: &mut Search,
     last: bool,
@@ -235,6 +238,15 @@ fn lookup_layer(
             Probe::Found(loc, st) => (loc, st),
         };
         let r = real(loc, &st, LayerRef::Lower(idx));
+        // Where this element starts in the searched name, and what follows it.
+        let pre = d
+            .name
+            .len()
+            .saturating_sub(elems[k..].iter().map(|e| e.len() + 1).sum::<usize>() - 1);
+        let post: Vec<u8> = elems[k + 1..]
+            .iter()
+            .flat_map(|e| std::iter::once(b'/').chain(e.iter().copied()))
+            .collect();
         if !is_dir(&st) {
             // A non-directory shows only when nothing above it did (or as the data of a
             // metadata-only copy, then a regular file), and ends the search.
@@ -243,7 +255,22 @@ fn lookup_layer(
             if d.is_dir || !last_elem || (d.metacopy && !reg) {
                 return Ok(None);
             }
-            d.metacopy = false;
+            // A metadata-only copy in a lower layer (one that was an upper layer): its
+            // data is further down, maybe where its redirect says. Read only with
+            // `metacopy=on` (the kernel would refuse it without).
+            d.metacopy = reg
+                && !last
+                && redirects.metacopy
+                && crate::sys::fsops::getxattr_vec(&r.xpath()?, layers.ns.metacopy())
+                    .ok()
+                    .flatten()
+                    .is_some();
+            if d.metacopy {
+                d.stop = false;
+                if let Some(to) = read_redirect(layers, &r)? {
+                    d.redirect(&to, pre, &post);
+                }
+            }
             return Ok(Some((r, st)));
         }
         if last_elem {
@@ -253,14 +280,6 @@ fn lookup_layer(
             if lower_dir_opaque(layers, &r)? {
                 d.stop = true;
             } else if let Some(to) = read_redirect(layers, &r)? {
-                let post: Vec<u8> = elems[k + 1..]
-                    .iter()
-                    .flat_map(|e| std::iter::once(b'/').chain(e.iter().copied()))
-                    .collect();
-                let pre = d
-                    .name
-                    .len()
-                    .saturating_sub(elems[k..].iter().map(|e| e.len() + 1).sum::<usize>() - 1);
                 d.redirect(&to, pre, &post);
             }
         }
@@ -342,10 +361,14 @@ pub fn resolve(
         } else {
             i == stack.len()
         };
-        let Some(found) = lookup_layer(layers, pl, &mut d, last)? else {
+        let Some(found) = lookup_layer(layers, redirects, pl, &mut d, last)? else {
             continue;
         };
-        lowers.push(found);
+        // Of a chain of metadata-only copies only the top-most is kept (its metadata
+        // shows), then the data, as the kernel keeps them.
+        if !d.metacopy || lowers.is_empty() {
+            lowers.push(found);
+        }
         let upper_metacopy = upper.is_some() && !d.is_dir && !lowers.is_empty();
         if upper_metacopy && !redirects.metacopy {
             log::warn!("refusing to follow the metadata-only copy {name:?} (metacopy=off)");
@@ -365,15 +388,17 @@ pub fn resolve(
         log::warn!("metadata-only copy {name:?} without lower data");
         return Err(Errno::EIO);
     }
-    let metacopy = upper.as_ref().is_some_and(|(_, st)| !is_dir(st)) && !lowers.is_empty();
-    if let (true, Some((_, ust)), Some((_, lst))) = (metacopy, upper.as_mut(), lowers.first()) {
-        // Its blocks are the data's, as the kernel reports them.
-        ust.st_blocks = lst.st_blocks;
-    }
-    let (st, kind) = match (&upper, lowers.first()) {
+    let (mut st, kind) = match (&upper, lowers.first()) {
         (Some((_, st)), _) | (None, Some((_, st))) => (*st, st.st_mode & libc::S_IFMT),
         (None, None) => return Ok(None),
     };
+    // The data of a metadata-only copy (upper, or the top of a lower chain) is the last
+    // lower file.
+    let metacopy = kind == libc::S_IFREG && lowers.len() > usize::from(upper.is_none());
+    if let (true, Some((_, data))) = (metacopy, lowers.last()) {
+        // Its blocks are the data's, as the kernel reports them.
+        st.st_blocks = data.st_blocks;
+    }
     let mut impure = false;
     let mut fix_origin = false;
     let natural_ino = match &upper {

@@ -261,7 +261,8 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          directory). nofollow: neither. off: follow if the kernel's
                          redirect_always_follow is on, else nofollow; never create. Default:
                          the kernel's (its overlay module parameters; here follow), and
-                         nofollow with userxattr, as the kernel.
+                         nofollow with userxattr, as the kernel. With on, as the kernel,
+                         a new directory in a merged one is made opaque.
   passthrough=upper|all|off
                          FUSE passthrough of file data (the kernel reads and writes the
                          real file directly). upper: upper files only (default as root;

@@ -325,7 +325,7 @@ impl UnionFs {
         let st = inode.state.read();
         let real = st.real().ok_or(Errno::ESTALE)?;
         let mut fst = real.stat()?;
-        if let (true, Some(data)) = (st.metacopy, st.lowers.first()) {
+        if let (true, Some(data)) = (st.metacopy, st.lowers.last()) {
             // A metadata-only copy's blocks are its data's, as the kernel reports them.
             fst.st_blocks = data.stat()?.st_blocks;
         }

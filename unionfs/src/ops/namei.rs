@@ -674,11 +674,10 @@ const REDIRECT_MAX: usize = 256;
 impl UnionFs {
     /// Records, before a directory with lower content (or a metadata-only copy) moves,
     /// where that content is (the kernel's `ovl_set_redirect`): its name when it stays in
-    /// its directory (and is no lower hard link), else the
-    /// absolute path of its lower part, made of its own and its ancestors' names, each
-    /// replaced by its redirect where it has one. A redirect that already says enough is
-    /// kept. When none can be written the rename fails with EXDEV (so `mv` copies the
-    /// directory), as in the kernel.
+    /// its directory (and is no lower hard link), else the absolute path of its lower
+    /// part, made of its own and its ancestors' names, each replaced by its redirect where
+    /// it has one. A redirect that already says enough is kept. When none can be written
+    /// the rename fails with EXDEV (so `mv` copies the directory), as in the kernel.
     fn set_redirect(&self, node: &Inode, upper: &Real, samedir: bool) -> Result<()> {
         let (current, name, lower_links) = {
             let st = node.state.read();
@@ -727,8 +726,14 @@ impl UnionFs {
     /// A directory with no lower part and no origin: it holds no whiteouts (the kernel's
     /// `ovl_pure_upper`).
     fn pure_upper_dir(&self, node: &Inode) -> bool {
-        let st = node.state.read();
-        st.lowers.is_empty() && !st.upper.as_ref().is_some_and(|u| has_origin(self, u))
+        let upper = {
+            let st = node.state.read();
+            if !st.lowers.is_empty() {
+                return false;
+            }
+            st.upper.clone()
+        };
+        !upper.is_some_and(|u| has_origin(self, &u))
     }
 
     /// The absolute redirect of a directory (see `set_redirect`); None when it would be
