@@ -30,7 +30,7 @@ struct Spec {
     kind: Kind,
 }
 
-const CATALOG: [Spec; 12] = [
+const CATALOG: [Spec; 13] = [
     Spec {
         name: "plain",
         what: "no union: a plain directory of the upper filesystem holding a copy of the lower tree (the physical limit)",
@@ -70,6 +70,11 @@ const CATALOG: [Spec; 12] = [
         name: "unionfs-volatile",
         what: "unionfs -o volatile (no fsync of copied-up data, as overlay-volatile)",
         kind: Kind::Unionfs(&["volatile"]),
+    },
+    Spec {
+        name: "unionfs-metacopy",
+        what: "unionfs -o metacopy=on (chmod, chown, utimes copy up metadata only, as the kernel's metacopy=on)",
+        kind: Kind::Unionfs(&["metacopy=on"]),
     },
     Spec {
         name: "unionfs-trace",
