@@ -18,6 +18,9 @@ fn flagged() -> Tree {
         .file("dir/x", 0o644, "x\n")
         .dir("idir", 0o755)
         .file("idir/y", 0o644, "y\n")
+        // Old times, so that a union that ignored UTIME_NOW would show.
+        .mtime("app", 1_000_000)
+        .mtime("imm", 1_000_000)
         .chattr("app", "+a")
         .chattr("imm", "+i")
         .chattr("noat", "+A")
@@ -161,8 +164,10 @@ fn append_only_and_immutable_are_enforced() {
         .lower(flagged())
         .run(|o| {
             o.write("u_app", "u\n");
+            o.utimes("u_app", 1_000_000, 1_000_000);
             o.chattr("u_app", "+a");
             o.write("u_imm", "u\n");
+            o.utimes("u_imm", 1_000_000, 1_000_000);
             o.chattr("u_imm", "+i");
             o.mkdir("u_idir", 0o755);
             o.write("u_idir/z", "z\n");
@@ -186,6 +191,8 @@ fn append_only_and_immutable_are_enforced() {
                 // to now: allowed on an append-only file
                 o.utimens(p, (0, libc::UTIME_NOW), (0, libc::UTIME_NOW));
                 o.want("ok");
+                o.stat_times_now(p);
+                o.want("ok mtime=now atime=now");
                 o.setxattr(p, "user.k", "v");
                 o.want("EPERM");
                 o.unlink(p);
@@ -205,6 +212,8 @@ fn append_only_and_immutable_are_enforced() {
                 o.want("EPERM");
                 o.utimens(p, (0, libc::UTIME_NOW), (0, libc::UTIME_NOW));
                 o.want("EPERM");
+                o.stat_times_now(p);
+                o.want("ok mtime=1000000.000000000 atime=1000000.000000000");
                 o.removexattr(p, "user.k");
                 o.unlink(p);
                 o.want("EPERM");

@@ -518,11 +518,12 @@ fn copy_meta_xattrs(fs: &UnionFs, src: &Real, st: &FileStat, dst: &XPath) -> Res
     // Without an index the kernel records no origin for a lower hard link: the copy of one
     // name is a file of its own, with the upper inode number.
     if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
-        let uuid = fs.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
-        if let Some(origin) = src
-            .file_handle()
-            .and_then(|h| crate::origin::encode(h, &uuid))
-        {
+        let origin = fs
+            .layers
+            .lowers
+            .get(i)
+            .and_then(|l| l.origin_record(|| src.file_handle()));
+        if let Some(origin) = origin {
             match crate::sys::fsops::setxattr(dst, fs.layers.ns.origin(), &origin, 0) {
                 Ok(()) => {}
                 // user.* xattrs are refused on special files (userxattr): the copy then

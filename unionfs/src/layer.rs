@@ -87,9 +87,22 @@ pub struct Layer {
     /// The root opened for reading, the form `open_by_handle_at` takes (not `O_PATH`);
     /// None where the layer root cannot be read.
     handles: Option<OwnedFd>,
+    /// The filesystem gives no file handles (an overlay without `nfs_export`): the kernel's
+    /// overlay then records an empty origin ("a copy-up, origin unknown"), as we do.
+    pub no_handles: bool,
 }
 
 impl Layer {
+    /// The origin record of a copy-up from this layer of the object whose handle `fh`
+    /// gives: the handle in the kernel's format, or the kernel's empty record where the
+    /// filesystem has no handles. None when the handle could not be had otherwise.
+    pub fn origin_record(&self, fh: impl FnOnce() -> Option<(i32, Vec<u8>)>) -> Option<Vec<u8>> {
+        if self.no_handles {
+            return Some(Vec::new());
+        }
+        fh().and_then(|h| crate::origin::encode(h, &self.uuid))
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
@@ -151,6 +164,9 @@ impl Layers {
             let uuid = handles
                 .as_ref()
                 .map_or([0; 16], |h| crate::sys::fsops::fs_uuid(h.as_fd()));
+            let no_handles =
+                crate::sys::fsops::name_to_handle(root.as_fd(), &std::ffi::CString::default())
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EOPNOTSUPP));
             Ok(Layer {
                 path: path.to_path_buf(),
                 root,
@@ -158,6 +174,7 @@ impl Layers {
                 fsid: fsid_of(dev),
                 uuid,
                 handles,
+                no_handles,
             })
         };
         // The upper first, so that its filesystem gets fsid 0.

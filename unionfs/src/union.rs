@@ -379,10 +379,11 @@ impl UnionFs {
         let LayerRef::Lower(i) = l.layer else {
             return;
         };
-        let uuid = self.layers.lowers.get(i).map_or([0; 16], |l| l.uuid);
-        let Some(record) = l
-            .file_handle()
-            .and_then(|h| crate::origin::encode(h, &uuid))
+        let Some(record) = self
+            .layers
+            .lowers
+            .get(i)
+            .and_then(|layer| layer.origin_record(|| l.file_handle()))
         else {
             return;
         };

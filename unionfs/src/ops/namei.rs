@@ -790,7 +790,8 @@ fn has_origin(fs: &UnionFs, r: &Real) -> bool {
         .ok()
         .and_then(|x| crate::sys::fsops::getxattr_vec(&x, fs.layers.ns.origin()).ok())
         .flatten()
-        .is_some()
+        // An empty record is the kernel's "copied up, origin unknown": no origin.
+        .is_some_and(|v| !v.is_empty())
 }
 
 fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>, dir: bool) {
