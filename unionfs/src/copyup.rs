@@ -285,7 +285,13 @@ fn copy_up_one(
             if let Temp::Named(tmp) = &temp {
                 remove_tmp(work, tmp);
             }
-            log::error!("copy-up of {name:?} failed: {e}");
+            if e == Errno::EEXIST {
+                // Another request put something under the name first (a rename onto it):
+                // the kernel's overlay fails the same way; not a fault of ours.
+                log::debug!("copy-up of {name:?}: the name was taken meanwhile");
+            } else {
+                log::error!("copy-up of {name:?} failed: {e}");
+            }
             return Err(e);
         }
     };
