@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod acl;
+pub mod explain_check;
 pub mod fixture;
 pub mod ops;
 pub mod scenario;

@@ -235,6 +235,15 @@ impl Scenario {
         if let Some(u) = &layout.upper {
             res.upper = Some(walk_ctx(u, WalkKind::Upper, &self.mtime_paths, &ctx));
         }
+        if target == Target::Kernel {
+            // `unionfs explain` on the bare layers must agree with what the kernel showed.
+            res.errors.extend(crate::explain_check::check(
+                &layout.lowers,
+                layout.upper.as_deref(),
+                &self.mount_opts,
+                &res.merged,
+            ));
+        }
         if target == Target::Unionfs {
             if let Some(w) = &layout.work {
                 res.workdir_leftovers = workdir_leftovers(w);
