@@ -30,3 +30,4 @@ mod testskip;
 pub mod trace;
 pub mod union;
 pub mod whiteout;
+pub mod wire;
