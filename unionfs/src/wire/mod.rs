@@ -48,4 +48,6 @@ pub trait Handler: Send + Sync + 'static {
     /// `max_payload_sz`: max(8192, max_write, max_pages * page size)); ring payload buffers
     /// and `/dev/fuse` read buffers (plus the header) must be at least this big.
     fn max_payload(&self) -> usize;
+    /// Whether INIT has been answered (a transport that starts after INIT polls this).
+    fn initialized(&self) -> bool;
 }
