@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod acl;
+pub mod backing;
 pub mod copyup;
 pub mod diff;
 pub mod dirfd;

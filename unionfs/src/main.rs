@@ -3,11 +3,13 @@
 //! leaves the work directory clean.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use unionfs::fs::FuseAdapter;
 use unionfs::layer::{Layers, XattrNs};
-use unionfs::options::{self, KernelOpt, Options, ParseOutcome};
+use unionfs::options::{self, Frontend, KernelOpt, Options, ParseOutcome};
 use unionfs::sys::daemon::{self, Readiness};
 use unionfs::sys::fuse_mount::{self, MountRequest};
 use unionfs::union::{Config, UnionFs};
@@ -200,30 +202,38 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
             ))
         }
     };
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(opts.threads.unwrap_or_else(|| {
+    let threads = opts.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .max(2)
-    }));
-    config.clone_fd = true;
-    let invalidator = std::sync::Arc::clone(&fs.invalidator);
-    // Blocked here, before fuser starts its threads (they inherit the mask), and taken by
-    // one thread of ours: SIGTERM, SIGINT and SIGHUP unmount cleanly instead of killing
+    });
+    // Blocked here, before the request threads start (they inherit the mask), and taken
+    // by one thread of ours: SIGTERM, SIGINT and SIGHUP unmount cleanly instead of killing
     // the daemon under a live mount.
     let signals = stop_signals();
     if let Err(e) = signals.thread_block() {
         log::warn!("cannot block termination signals: {e}");
     }
-    let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, acl, config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = fuse_mount::unmount(&opts.mountpoint, method);
-            return Err((format!("FUSE handshake failed: {e}"), readiness));
-        }
+    let result = match opts.frontend {
+        Frontend::Fuser => serve_fuser(opts, fs, fd, method, acl, threads, readiness, signals),
+        Frontend::Wire => serve_wire(opts, fs, fd, method, acl, threads, readiness, signals),
     };
-    let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
-    let mountpoint = opts.mountpoint.clone();
+    if let Some(w) = &opts.workdir {
+        if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
+            if let Err(e) = unionfs::layer::clean_dir(std::os::fd::AsFd::as_fd(&work)) {
+                log::warn!("cannot clean the work directory: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// Unmounts on the first termination signal (from a thread of its own).
+fn spawn_signal_thread(
+    signals: nix::sys::signal::SigSet,
+    mountpoint: std::path::PathBuf,
+    method: fuse_mount::MountMethod,
+) {
     let spawned = std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
@@ -237,18 +247,106 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if let Err(e) = spawned {
         log::warn!("no signal handling thread: {e}");
     }
+}
+
+/// Our own front end (`wire::server`) over `/dev/fuse` (`wire::devfuse`).
+#[allow(clippy::too_many_arguments)]
+fn serve_wire(
+    opts: &Options,
+    fs: UnionFs,
+    fd: OwnedFd,
+    method: fuse_mount::MountMethod,
+    acl: fuser::SessionACL,
+    threads: usize,
+    readiness: Option<Readiness>,
+    signals: nix::sys::signal::SigSet,
+) -> Result<(), ServeError> {
+    use unionfs::wire::server::{Access, Server, ServerOptions};
+    let owner = nix::unistd::geteuid().as_raw();
+    let access = match acl {
+        fuser::SessionACL::All => Access::All,
+        fuser::SessionACL::RootAndOwner => Access::RootAndOwner(owner),
+        fuser::SessionACL::Owner => Access::Owner(owner),
+    };
+    let dev = Arc::new(fd);
+    let _ = fs
+        .invalidator
+        .set(Box::new(unionfs::wire::devfuse::Notifier::new(Arc::clone(
+            &dev,
+        ))));
+    let server = Arc::new(Server::new(
+        fs,
+        ServerOptions {
+            dev: Some(Arc::clone(&dev)),
+            want_uring: false,
+            access,
+        },
+    ));
+    spawn_signal_thread(signals, opts.mountpoint.clone(), method);
+    // Ready once INIT is answered, as fuser's handshake is done before `ready` there.
+    let pending = Arc::new(parking_lot::Mutex::new(readiness));
+    let on_init = Arc::clone(&pending);
+    let after_init: Box<dyn FnOnce() + Send> = Box::new(move || {
+        if let Some(r) = on_init.lock().take() {
+            r.ready();
+        }
+    });
+    let r = unionfs::wire::devfuse::serve(dev, server, threads, Some(after_init));
+    // Still pending: INIT never came (or could not be read).
+    if let Some(readiness) = pending.lock().take() {
+        let _ = fuse_mount::unmount(&opts.mountpoint, method);
+        let why = match r {
+            Err(e) => e.to_string(),
+            Ok(()) => "unmounted before INIT".into(),
+        };
+        return Err((format!("FUSE handshake failed: {why}"), Some(readiness)));
+    }
+    r.map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// The `fuser` adapter (`fs.rs`), `-o frontend=fuser`.
+#[allow(clippy::too_many_arguments)]
+fn serve_fuser(
+    opts: &Options,
+    fs: UnionFs,
+    fd: OwnedFd,
+    method: fuse_mount::MountMethod,
+    acl: fuser::SessionACL,
+    threads: usize,
+    readiness: Option<Readiness>,
+    signals: nix::sys::signal::SigSet,
+) -> Result<(), ServeError> {
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    // Backing files are registered on a duplicate of the session's descriptor (the same
+    // open file, so the same session), closed by our `Backing` rather than fuser's.
+    let dev = match fd.try_clone() {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            let _ = fuse_mount::unmount(&opts.mountpoint, method);
+            return Err((
+                format!("cannot duplicate the FUSE descriptor: {e}"),
+                readiness,
+            ));
+        }
+    };
+    let invalidator = Arc::clone(&fs.invalidator);
+    let session = match fuser::Session::from_fd(FuseAdapter::new(fs, dev), fd, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fuse_mount::unmount(&opts.mountpoint, method);
+            return Err((format!("FUSE handshake failed: {e}"), readiness));
+        }
+    };
+    let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
+    spawn_signal_thread(signals, opts.mountpoint.clone(), method);
     if let Some(r) = readiness {
         r.ready();
     }
-    let result = session.run();
-    if let Some(w) = &opts.workdir {
-        if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
-            if let Err(e) = unionfs::layer::clean_dir(std::os::fd::AsFd::as_fd(&work)) {
-                log::warn!("cannot clean the work directory: {e}");
-            }
-        }
-    }
-    result.map_err(|e| (format!("session ended with an error: {e}"), None))
+    session
+        .run()
+        .map_err(|e| (format!("session ended with an error: {e}"), None))
 }
 
 /// Opens the trace file (before the daemon detaches: a relative name means the caller's

@@ -201,6 +201,8 @@ pub struct Options {
     /// `Upper` as root, `Off` otherwise).
     pub passthrough: Option<Passthrough>,
     pub threads: Option<usize>,
+    /// `frontend=wire|fuser`: which FUSE protocol front end serves the mount.
+    pub frontend: Frontend,
     /// `noacl`: do not expose POSIX ACL xattrs.
     pub noacl: bool,
     /// `uidmapping=`, `gidmapping=`, `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`
@@ -229,6 +231,16 @@ pub enum ParseOutcome {
 /// A command line or layer configuration problem; Display is one line naming the culprit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionsError(pub String);
+
+/// The FUSE protocol front end (`frontend=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Frontend {
+    /// Our own (`wire`), over `/dev/fuse`.
+    #[default]
+    Wire,
+    /// The `fuser` crate's (`fs.rs`).
+    Fuser,
+}
 
 impl fmt::Display for OptionsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -271,6 +283,9 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          an fd opened read-only before a copy-up keeps reading the lower file,
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
+  frontend=wire|fuser    The FUSE protocol front end. wire (default): our own, over
+                         /dev/fuse; it passes the kernel's set-id kill flags on (no /proc
+                         reads for them). fuser: the fuser crate's, for comparison.
   trace[=FILE]           Write one line per union event as it happens: copy-up (path, layer,
                          bytes, microseconds, cause; copy-up-data for a metacopy's data),
                          whiteout made or removed, directory made opaque, redirect written,
@@ -466,6 +481,7 @@ struct Builder {
     metacopy: Option<bool>,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
+    frontend: Frontend,
     noacl: bool,
     squash_to_root: bool,
     idmap: crate::idmap::IdMap,
@@ -612,6 +628,19 @@ impl Builder {
                         ))
                     }
                 }
+            }
+            b"frontend" => {
+                self.once("frontend", "frontend")?;
+                self.frontend = match value_of("frontend")? {
+                    b"wire" => Frontend::Wire,
+                    b"fuser" => Frontend::Fuser,
+                    v => {
+                        return err(format!(
+                            "invalid value '{}' for frontend (expected wire or fuser)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                };
             }
             b"threads" => {
                 self.once("threads", "threads")?;
@@ -791,6 +820,7 @@ impl Builder {
             metacopy: self.metacopy,
             passthrough: self.passthrough,
             threads: self.threads,
+            frontend: self.frontend,
             noacl: self.noacl,
             idmap: crate::idmap::IdMap {
                 // squash_to_uid/gid take precedence over squash_to_root, as in fuse-overlayfs.

@@ -3,4 +3,5 @@
 
 pub mod daemon;
 pub mod fsops;
+pub mod fuse_dev;
 pub mod fuse_mount;

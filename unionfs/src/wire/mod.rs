@@ -51,3 +51,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether INIT has been answered (a transport that starts after INIT polls this).
     fn initialized(&self) -> bool;
 }
+
+pub mod abi;
+pub mod devfuse;
+pub mod reply;
+pub mod request;
+pub mod server;

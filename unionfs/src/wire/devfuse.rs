@@ -1,0 +1,202 @@
+//! The `/dev/fuse` transport: request threads reading the session's device, each on its
+//! own descriptor (cloned with FUSE_DEV_IOC_CLONE, as fuser's `clone_fd` does), handing
+//! each request to the `Handler` and writing replies with one `writev`; and the
+//! notifier that tells the kernel to drop cached names (`union::Invalidate`).
+//!
+//! For another transport (FUSE over io_uring) on the same session: `serve`'s `after_init`
+//! runs once INIT has been answered, on the thread that answered it, before the other
+//! request threads start; `Handler::uring_granted` and `Handler::max_payload` are then
+//! valid. The ring is registered on the session descriptor (`serve`'s `dev`, or a clone
+//! of it, `sys::fuse_dev::clone_fd`); the `/dev/fuse` threads keep serving whatever the
+//! kernel sends there (INIT, and everything when no ring was set up).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::wire::abi::{self, size};
+use crate::wire::{Handler, RawRequest, Responder};
+
+/// A read buffer before INIT says how big requests get: the largest write we will accept
+/// (1 MiB) and room for the headers.
+const FIRST_BUFFER: usize = (1 << 20) + 4096;
+
+/// Writes `fuse_out_header` and `body` in one `writev` (the kernel takes a reply only
+/// whole).
+fn send(dev: &OwnedFd, unique: u64, error: i32, body: &[IoSlice<'_>]) -> io::Result<()> {
+    let len = size::OUT_HEADER + body.iter().map(|b| b.len()).sum::<usize>();
+    let len = u32::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let mut header = [0u8; size::OUT_HEADER];
+    header[0..4].copy_from_slice(&len.to_ne_bytes());
+    header[4..8].copy_from_slice(&error.to_ne_bytes());
+    header[8..16].copy_from_slice(&unique.to_ne_bytes());
+    let mut iov = Vec::with_capacity(body.len() + 1);
+    iov.push(IoSlice::new(&header));
+    iov.extend(
+        body.iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| IoSlice::new(b)),
+    );
+    nix::sys::uio::writev(dev.as_fd(), &iov)?;
+    Ok(())
+}
+
+/// The reply path of one request read from `/dev/fuse`.
+struct DevResponder {
+    dev: Arc<OwnedFd>,
+}
+
+impl Responder for DevResponder {
+    fn respond(self: Box<Self>, unique: u64, error: i32, body: &[IoSlice<'_>]) {
+        match send(&self.dev, unique, error, body) {
+            Ok(()) => {}
+            // The request was interrupted and is gone: nobody waits for the answer.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                log::debug!("reply to {unique}: request gone")
+            }
+            Err(e) => log::warn!("reply to {unique} not sent: {e}"),
+        }
+    }
+}
+
+/// Tells the kernel to drop a cached name (FUSE_NOTIFY_INVAL_ENTRY: unique 0, the code in
+/// the error field).
+pub struct Notifier {
+    dev: Arc<OwnedFd>,
+}
+
+impl Notifier {
+    pub fn new(dev: Arc<OwnedFd>) -> Notifier {
+        Notifier { dev }
+    }
+}
+
+impl crate::union::Invalidate for Notifier {
+    fn entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        let body = crate::wire::reply::inval_entry(parent, name);
+        if let Err(e) = send(
+            &self.dev,
+            0,
+            abi::NOTIFY_INVAL_ENTRY,
+            &[IoSlice::new(&body)],
+        ) {
+            log::debug!("invalidating {name:?} in {parent}: {e}");
+        }
+    }
+}
+
+/// How one read went.
+enum Read {
+    Request(usize),
+    /// Retry (EINTR, EAGAIN, ENOENT: a request interrupted before we read it).
+    Again,
+    /// Unmounted (ENODEV): the session is over.
+    Gone,
+}
+
+fn read_one(dev: &OwnedFd, buf: &mut [u8]) -> io::Result<Read> {
+    match nix::unistd::read(dev.as_fd(), buf) {
+        Ok(n) => Ok(Read::Request(n)),
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOENT) => {
+            Ok(Read::Again)
+        }
+        Err(nix::errno::Errno::ENODEV) => Ok(Read::Gone),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Splits a request as the ring does (header / fixed argument struct / rest) and hands it
+/// to the handler.
+fn dispatch(handler: &dyn Handler, dev: &Arc<OwnedFd>, req: &[u8]) {
+    let Some((header, body)) = req.split_at_checked(size::IN_HEADER) else {
+        log::error!(
+            "short request ({} bytes) from the kernel dropped",
+            req.len()
+        );
+        return;
+    };
+    let opcode = crate::wire::request::Bytes(header)
+        .u32(abi::off::IN_OPCODE)
+        .unwrap_or(0);
+    let (fixed, rest) = body.split_at(handler.fixed_size(opcode).min(body.len()));
+    let out = Box::new(DevResponder {
+        dev: Arc::clone(dev),
+    });
+    handler.handle(
+        RawRequest {
+            header,
+            fixed,
+            rest,
+        },
+        out,
+    );
+}
+
+/// Serves one descriptor until the session ends (or, with `until_init`, until INIT has
+/// been answered; then `Ok(true)`).
+fn serve_fd(handler: &dyn Handler, dev: &Arc<OwnedFd>, until_init: bool) -> io::Result<bool> {
+    let mut buf = vec![0u8; FIRST_BUFFER.max(handler.max_payload() + 4096)];
+    loop {
+        if until_init && handler.initialized() {
+            return Ok(true);
+        }
+        match read_one(dev, &mut buf)? {
+            Read::Request(n) => dispatch(handler, dev, buf.get(..n).unwrap_or(&buf)),
+            Read::Again => continue,
+            Read::Gone => return Ok(false),
+        }
+        let want = handler.max_payload() + 4096;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+    }
+}
+
+/// Serves the session of `dev` with `threads` request threads until it is unmounted.
+/// INIT is served first on the calling thread; then `after_init` runs (see the module
+/// comment), then the other threads start, each on a clone of `dev`.
+pub fn serve(
+    dev: Arc<OwnedFd>,
+    handler: Arc<dyn Handler>,
+    threads: usize,
+    after_init: Option<Box<dyn FnOnce() + Send>>,
+) -> io::Result<()> {
+    if !serve_fd(&*handler, &dev, true)? {
+        // Unmounted before INIT.
+        return Ok(());
+    }
+    if let Some(f) = after_init {
+        f();
+    }
+    let mut workers = Vec::new();
+    for i in 1..threads.max(1) {
+        let fd = match crate::sys::fuse_dev::clone_fd(dev.as_fd()) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                log::warn!("cannot clone the FUSE descriptor ({e}): {i} request threads");
+                break;
+            }
+        };
+        let handler = Arc::clone(&handler);
+        let spawned = std::thread::Builder::new()
+            .name(format!("unionfs-req-{i}"))
+            .spawn(move || serve_fd(&*handler, &fd, false).map(|_| ()));
+        match spawned {
+            Ok(t) => workers.push(t),
+            Err(e) => {
+                log::warn!("cannot start a request thread: {e}");
+                break;
+            }
+        }
+    }
+    let mut result = serve_fd(&*handler, &dev, false).map(|_| ());
+    for w in workers {
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("a request thread panicked")));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
