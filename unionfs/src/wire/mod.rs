@@ -57,3 +57,5 @@ pub mod devfuse;
 pub mod reply;
 pub mod request;
 pub mod server;
+#[cfg(test)]
+mod tests;

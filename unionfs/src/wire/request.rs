@@ -64,6 +64,9 @@ pub struct Header {
 
 impl Header {
     pub fn parse(b: &[u8]) -> Result<Header> {
+        if b.len() < size::IN_HEADER {
+            return Err(Errno::EINVAL);
+        }
         let b = Bytes(b);
         Ok(Header {
             len: b.u32(off::IN_LEN)?,
@@ -301,6 +304,15 @@ fn time(valid: u32, set: u32, now: u32, sec: u64, nsec: u32) -> Option<Time> {
 
 /// Decodes the request with header `h`, fixed argument struct `fixed` and the rest.
 pub fn decode<'a>(h: &Header, fixed: &'a [u8], rest: &'a [u8]) -> Result<Op<'a>> {
+    // The whole struct, as the kernel sends it for the protocol we speak; only INIT and
+    // SETXATTR come in a short form too (older kernels, no FUSE_SETXATTR_EXT).
+    let need = match h.opcode {
+        opcode::INIT => size::INIT_IN_COMPAT,
+        other => fixed_size(other, false),
+    };
+    if fixed.len() < need {
+        return Err(Errno::EINVAL);
+    }
     let f = Bytes(fixed);
     let r = Bytes(rest);
     let name = || r.name().map(|(n, _)| n);
@@ -504,4 +516,93 @@ pub fn decode<'a>(h: &Header, fixed: &'a [u8], rest: &'a [u8]) -> Result<Op<'a>>
         },
         other => Op::Unknown(other),
     })
+}
+
+impl std::fmt::Display for Op<'_> {
+    /// One line for `-d` logs, in fuser's words (`LOOKUP name "x"`, `READ fh 3, offset 0,
+    /// size 4096`); data is shown by its length only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Lookup { name } => write!(f, "LOOKUP name {name:?}"),
+            Op::Forget { nlookup } => write!(f, "FORGET nlookup {nlookup}"),
+            Op::BatchForget { nodes } => write!(f, "BATCH_FORGET {} nodes", nodes.len()),
+            Op::Getattr { fh } => write!(f, "GETATTR fh {fh:?}"),
+            Op::Setattr(s) => write!(f, "SETATTR {s:?}"),
+            Op::Readlink => write!(f, "READLINK"),
+            Op::Symlink { name, target } => write!(f, "SYMLINK name {name:?}, target {target:?}"),
+            Op::Mknod { mode, rdev, umask, name } => {
+                write!(f, "MKNOD name {name:?}, mode {mode:#o}, rdev {rdev}, umask {umask:#o}")
+            }
+            Op::Mkdir { mode, umask, name } => {
+                write!(f, "MKDIR name {name:?}, mode {mode:#o}, umask {umask:#o}")
+            }
+            Op::Unlink { name } => write!(f, "UNLINK name {name:?}"),
+            Op::Rmdir { name } => write!(f, "RMDIR name {name:?}"),
+            Op::Rename { newdir, flags, name, newname } => write!(
+                f,
+                "RENAME name {name:?}, newdir {newdir:#x}, newname {newname:?}, flags {flags:#x}"
+            ),
+            Op::Link { oldnodeid, newname } => {
+                write!(f, "LINK ino {oldnodeid:#x}, newname {newname:?}")
+            }
+            Op::Open { flags, open_flags } => {
+                write!(f, "OPEN flags {flags:#x}, open_flags {open_flags:#x}")
+            }
+            Op::Read { fh, offset, size } => {
+                write!(f, "READ fh {fh}, offset {offset}, size {size}")
+            }
+            Op::Write { fh, offset, write_flags, data } => write!(
+                f,
+                "WRITE fh {fh}, offset {offset}, size {}, write_flags {write_flags:#x}",
+                data.len()
+            ),
+            Op::Statfs => write!(f, "STATFS"),
+            Op::Release { fh } => write!(f, "RELEASE fh {fh}"),
+            Op::Fsync { fh, datasync } => write!(f, "FSYNC fh {fh}, datasync {datasync}"),
+            Op::Setxattr { flags, setxattr_flags, name, value } => write!(
+                f,
+                "SETXATTR name {name:?}, size {}, flags {flags:#x}, setxattr_flags {setxattr_flags:#x}",
+                value.len()
+            ),
+            Op::Getxattr { size, name } => write!(f, "GETXATTR name {name:?}, size {size}"),
+            Op::Listxattr { size } => write!(f, "LISTXATTR size {size}"),
+            Op::Removexattr { name } => write!(f, "REMOVEXATTR name {name:?}"),
+            Op::Flush => write!(f, "FLUSH"),
+            Op::Init(i) => write!(f, "INIT {}.{}, flags {:#x}", i.major, i.minor, i.flags),
+            Op::Opendir { flags } => write!(f, "OPENDIR flags {flags:#x}"),
+            Op::Readdir { fh, offset, size, plus } => write!(
+                f,
+                "{} fh {fh}, offset {offset}, size {size}",
+                if *plus { "READDIRPLUS" } else { "READDIR" }
+            ),
+            Op::Releasedir { fh } => write!(f, "RELEASEDIR fh {fh}"),
+            Op::Fsyncdir => write!(f, "FSYNCDIR"),
+            Op::Getlk => write!(f, "GETLK"),
+            Op::Setlk => write!(f, "SETLK"),
+            Op::Create { flags, mode, umask, name, .. } => write!(
+                f,
+                "CREATE name {name:?}, mode {mode:#o}, flags {flags:#x}, umask {umask:#o}"
+            ),
+            Op::Interrupt => write!(f, "INTERRUPT"),
+            Op::Bmap => write!(f, "BMAP"),
+            Op::Destroy => write!(f, "DESTROY"),
+            Op::Ioctl { fh, cmd, in_data, out_size, .. } => write!(
+                f,
+                "IOCTL fh {fh}, cmd {cmd:#x}, in {}, out {out_size}",
+                in_data.len()
+            ),
+            Op::Fallocate { fh, offset, length, mode } => write!(
+                f,
+                "FALLOCATE fh {fh}, offset {offset}, length {length}, mode {mode:#x}"
+            ),
+            Op::Lseek { fh, offset, whence } => {
+                write!(f, "LSEEK fh {fh}, offset {offset}, whence {whence}")
+            }
+            Op::CopyFileRange { fh_in, off_in, fh_out, off_out, len } => write!(
+                f,
+                "COPY_FILE_RANGE fh_in {fh_in}, off_in {off_in}, fh_out {fh_out}, off_out {off_out}, len {len}"
+            ),
+            Op::Unknown(op) => write!(f, "opcode {op} (not served)"),
+        }
+    }
 }

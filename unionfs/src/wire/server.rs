@@ -745,14 +745,16 @@ impl Handler for Server {
                 return;
             }
         };
-        log::debug!("request {} opcode {} node {}", h.unique, h.opcode, h.nodeid);
         let no_reply = matches!(h.opcode, opcode::FORGET | opcode::BATCH_FORGET);
         let reply = Reply::new(h.unique, out);
         if !exempt_from_access(h.opcode) && !self.allowed(&h) {
             return reply.error(Errno(libc::EACCES));
         }
         match request::decode(&h, req.fixed, req.rest) {
-            Ok(op) => self.dispatch(&h, op, reply),
+            Ok(op) => {
+                log::debug!("FUSE({}) ino {:#018x} {op}", h.unique, h.nodeid);
+                self.dispatch(&h, op, reply)
+            }
             Err(e) if !no_reply => {
                 log::warn!(
                     "malformed request {} (opcode {}): {e:?}",
