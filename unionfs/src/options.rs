@@ -1306,6 +1306,22 @@ mod tests {
     }
 
     #[test]
+    fn frontend_is_wire_unless_fuser_is_asked_for() {
+        assert_eq!(run(&["-o", "lowerdir=/a", "/m"]).frontend, Frontend::Wire);
+        let o = run(&["-o", "lowerdir=/a,frontend=fuser", "/m"]);
+        assert_eq!(o.frontend, Frontend::Fuser);
+        let o = run(&["-o", "lowerdir=/a,frontend=wire", "/m"]);
+        assert_eq!(o.frontend, Frontend::Wire);
+        assert!(fail(&["-o", "lowerdir=/a,frontend=x", "/m"]).contains("frontend"));
+        match parse(&["--help"]) {
+            Ok(ParseOutcome::Exit(text, 0)) => {
+                assert!(text.contains("frontend=wire|fuser"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn foreground_and_debug() {
         let o = run(&["-f", "-o", "lowerdir=/a", "/m"]);
         assert!(o.foreground && !o.debug);
