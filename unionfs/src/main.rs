@@ -283,23 +283,28 @@ fn serve_wire(
         },
     ));
     spawn_signal_thread(signals, opts.mountpoint.clone(), method);
-    // Ready once INIT is answered, as fuser's handshake is done before `ready` there.
+    // Ready once INIT is answered, as fuser's handshake is done before `ready` there. A
+    // transport that starts after INIT (FUSE over io_uring) starts here too.
     let pending = Arc::new(parking_lot::Mutex::new(readiness));
     let on_init = Arc::clone(&pending);
+    let inited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inited_set = Arc::clone(&inited);
     let after_init: Box<dyn FnOnce() + Send> = Box::new(move || {
+        inited_set.store(true, std::sync::atomic::Ordering::Release);
         if let Some(r) = on_init.lock().take() {
             r.ready();
         }
     });
     let r = unionfs::wire::devfuse::serve(dev, server, threads, Some(after_init));
-    // Still pending: INIT never came (or could not be read).
-    if let Some(readiness) = pending.lock().take() {
+    if !inited.load(std::sync::atomic::Ordering::Acquire) {
+        // INIT never came (or could not be read).
+        let readiness = pending.lock().take();
         let _ = fuse_mount::unmount(&opts.mountpoint, method);
         let why = match r {
             Err(e) => e.to_string(),
             Ok(()) => "unmounted before INIT".into(),
         };
-        return Err((format!("FUSE handshake failed: {why}"), Some(readiness)));
+        return Err((format!("FUSE handshake failed: {why}"), readiness));
     }
     r.map_err(|e| (format!("session ended with an error: {e}"), None))
 }
