@@ -67,15 +67,25 @@ pub struct Server {
     initialized: AtomicBool,
 }
 
-/// One request's way back.
+/// One request's way back. Dropped without an answer (a path that forgot to reply, or a
+/// panic in the core) it answers EIO: a request never answered would hang its caller in
+/// the kernel for good. FORGET and BATCH_FORGET are let go with `no_reply`.
 pub struct Reply {
     unique: u64,
-    out: Box<dyn Responder>,
+    out: Option<Box<dyn Responder>>,
 }
 
 impl Reply {
     pub fn new(unique: u64, out: Box<dyn Responder>) -> Reply {
-        Reply { unique, out }
+        Reply {
+            unique,
+            out: Some(out),
+        }
+    }
+    fn send(mut self, error: i32, body: &[IoSlice<'_>]) {
+        if let Some(out) = self.out.take() {
+            out.respond(self.unique, error, body);
+        }
     }
     fn error(self, e: Errno) {
         // A reply with an errno out of range would be refused by the kernel and leave the
@@ -85,10 +95,10 @@ impl Reply {
         } else {
             libc::EIO
         };
-        self.out.respond(self.unique, -e, &[]);
+        self.send(-e, &[]);
     }
     fn slices(self, body: &[IoSlice<'_>]) {
-        self.out.respond(self.unique, 0, body);
+        self.send(0, body);
     }
     fn ok(self, body: &[u8]) {
         self.slices(&[IoSlice::new(body)]);
@@ -97,6 +107,19 @@ impl Reply {
         match r {
             Ok(()) => self.ok(&[]),
             Err(e) => self.error(e),
+        }
+    }
+    /// For the requests the kernel expects no answer to.
+    fn no_reply(mut self) {
+        self.out.take();
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            log::error!("request {} left unanswered: EIO", self.unique);
+            out.respond(self.unique, -libc::EIO, &[]);
         }
     }
 }
@@ -352,6 +375,8 @@ impl Server {
         let ino = h.nodeid;
         let fs = &*self.fs;
         match op {
+            // Only once (as fuser): a second INIT would renegotiate under live requests.
+            Op::Init(_) if self.initialized() => reply.error(Errno::EIO),
             Op::Init(i) => self.init(i, reply),
             Op::Destroy => reply.ok(&[]),
             // Interrupts are not acted upon (as fuser): ENOSYS tells the kernel to send
@@ -365,8 +390,12 @@ impl Server {
                 }
                 Err(e) => reply.error(e),
             },
-            Op::Forget { nlookup } => fs.forget(ino, nlookup),
+            Op::Forget { nlookup } => {
+                reply.no_reply();
+                fs.forget(ino, nlookup);
+            }
             Op::BatchForget { nodes } => {
+                reply.no_reply();
                 for (node, n) in nodes {
                     fs.forget(node, n);
                 }
@@ -763,7 +792,10 @@ impl Handler for Server {
                 );
                 reply.error(e);
             }
-            Err(_) => log::warn!("malformed FORGET dropped"),
+            Err(_) => {
+                reply.no_reply();
+                log::warn!("malformed FORGET dropped");
+            }
         }
     }
 

@@ -834,3 +834,14 @@ fn uring_is_granted_only_when_wanted_and_offered() {
     let _ = call(&s, opcode::INIT, &i, &[]);
     assert!(s.uring_granted());
 }
+
+#[test]
+fn a_reply_dropped_unanswered_answers_eio() {
+    let got: Got = Arc::default();
+    drop(crate::wire::server::Reply::new(
+        5,
+        Box::new(Capture(Arc::clone(&got))),
+    ));
+    let v = got.lock().map(|g| g.clone()).unwrap_or_default();
+    assert_eq!(v, vec![(5, -libc::EIO, vec![])]);
+}
