@@ -6,6 +6,14 @@
 //! This file is the seam between the protocol (`Handler`) and the transports: a transport
 //! gets a request's bytes from the kernel, hands them to the handler as a `RawRequest`, and
 //! sends what the handler answers through the `Responder` it passed along.
+//!
+//! The pieces: `abi` (the kernel's opcodes, flags, struct sizes and offsets), `request`
+//! (bytes to a typed `Op`), `reply` (typed replies to bytes), `server` (`Server`, the
+//! `Handler` over the union core), `devfuse` (the `/dev/fuse` transport and the notifier
+//! for cached names). A second transport on the same session gets the session descriptor
+//! from whoever mounted (`main.rs` passes it to `devfuse::serve`; clones come from
+//! `sys::fuse_dev::clone_fd`), starts in `devfuse::serve`'s `after_init` (or once
+//! `Handler::initialized`), and hands each request to the same `Handler`.
 
 use std::io::IoSlice;
 
