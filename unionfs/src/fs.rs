@@ -1,5 +1,7 @@
-//! The `fuser::Filesystem` adapter: each handler converts its arguments, calls one core
-//! operation and replies. No filesystem logic lives here.
+//! The `fuser::Filesystem` adapter (`-o frontend=fuser`; the default front end is our own,
+//! `wire`): each handler converts its arguments, calls one core operation and replies. No
+//! filesystem logic lives here. fuser does not pass the kernel's set-id kill flags on, so
+//! requests get `Ctx::fsetid: None` and `killpriv` reads the caller from `/proc`.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
