@@ -200,3 +200,94 @@ pub fn serve(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// Records how requests were split and answers each with ENOENT.
+    #[derive(Default)]
+    struct Rec(Mutex<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>>);
+
+    impl Handler for Rec {
+        fn fixed_size(&self, opcode: u32) -> usize {
+            crate::wire::request::fixed_size(opcode, false)
+        }
+        fn handle(&self, req: RawRequest<'_>, out: Box<dyn Responder>) {
+            self.0
+                .lock()
+                .push((req.header.to_vec(), req.fixed.to_vec(), req.rest.to_vec()));
+            let unique = crate::wire::request::Bytes(req.header)
+                .u64(abi::off::IN_UNIQUE)
+                .unwrap_or(0);
+            out.respond(
+                unique,
+                -libc::ENOENT,
+                &[IoSlice::new(b"ab"), IoSlice::new(b"")],
+            );
+        }
+        fn uring_granted(&self) -> bool {
+            false
+        }
+        fn max_payload(&self) -> usize {
+            0
+        }
+        fn initialized(&self) -> bool {
+            false
+        }
+    }
+
+    fn request(opcode: u32, unique: u64, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; size::IN_HEADER];
+        r[0..4].copy_from_slice(&((size::IN_HEADER + body.len()) as u32).to_ne_bytes());
+        r[4..8].copy_from_slice(&opcode.to_ne_bytes());
+        r[8..16].copy_from_slice(&unique.to_ne_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn requests_are_split_and_replies_carry_the_out_header() {
+        let (rd, wr) = nix::unistd::pipe().unwrap_or_else(|e| panic!("pipe: {e}"));
+        let dev = Arc::new(wr);
+        let rec = Rec::default();
+        // OPEN: an 8-byte fuse_open_in, then nothing; SETXATTR (compat): 8 bytes, then
+        // the name and value; a request shorter than its struct: all of it is `fixed`.
+        dispatch(&rec, &dev, &request(abi::opcode::OPEN, 9, &[1; 8]));
+        dispatch(
+            &rec,
+            &dev,
+            &request(abi::opcode::SETXATTR, 10, b"12345678user.a\0v"),
+        );
+        dispatch(&rec, &dev, &request(abi::opcode::READ, 11, &[0; 5]));
+        dispatch(&rec, &dev, &[0; 39]);
+        let got = rec.0.lock().clone();
+        assert_eq!(got.len(), 3, "the short one is not handed on");
+        assert_eq!((got[0].0.len(), got[0].1.len(), got[0].2.len()), (40, 8, 0));
+        assert_eq!(got[1].1, b"12345678");
+        assert_eq!(got[1].2, b"user.a\0v");
+        assert_eq!((got[2].1.len(), got[2].2.len()), (5, 0));
+        let mut buf = [0u8; 18];
+        let n = nix::unistd::read(&rd, &mut buf).unwrap_or(0);
+        assert_eq!(n, 18);
+        assert_eq!(&buf[0..4], &18u32.to_ne_bytes());
+        assert_eq!(&buf[4..8], &(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(&buf[8..16], &9u64.to_ne_bytes());
+        assert_eq!(&buf[16..18], b"ab");
+    }
+
+    #[test]
+    fn inval_entry_notification_has_unique_0_and_the_code() {
+        let (rd, wr) = nix::unistd::pipe().unwrap_or_else(|e| panic!("pipe: {e}"));
+        let n = Notifier::new(Arc::new(wr));
+        crate::union::Invalidate::entry(&n, 7, std::ffi::OsStr::new("nm"));
+        let mut buf = [0u8; 64];
+        let got = nix::unistd::read(&rd, &mut buf).unwrap_or(0);
+        assert_eq!(got, 16 + 16 + 3);
+        assert_eq!(&buf[4..8], &abi::NOTIFY_INVAL_ENTRY.to_ne_bytes());
+        assert_eq!(&buf[8..16], &0u64.to_ne_bytes());
+        assert_eq!(&buf[16..24], &7u64.to_ne_bytes());
+        assert_eq!(&buf[32..35], b"nm\0");
+    }
+}
