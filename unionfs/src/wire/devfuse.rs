@@ -206,9 +206,12 @@ mod tests {
     use super::*;
     use parking_lot::Mutex;
 
+    /// One request as split: header, fixed, rest.
+    type Split = (Vec<u8>, Vec<u8>, Vec<u8>);
+
     /// Records how requests were split and answers each with ENOENT.
     #[derive(Default)]
-    struct Rec(Mutex<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>>);
+    struct Rec(Mutex<Vec<Split>>);
 
     impl Handler for Rec {
         fn fixed_size(&self, opcode: u32) -> usize {
