@@ -106,33 +106,6 @@ fn ctx(req: &Request) -> Ctx {
     }
 }
 
-/// Sends an open reply naming our backing id through fuser, which wants its own
-/// `BackingId`: one is made for the reply and turned back into a bare id, so that only our
-/// `Backing` closes it.
-#[allow(unsafe_code)]
-fn send_passthrough(reply: ReplyOpen, fh: FileHandle, fl: FopenFlags, b: &Backing) {
-    // SAFETY: the id is open and belongs to this session (registered on a duplicate of its
-    // descriptor), and `b`, which closes it, outlives the `BackingId`, which `into_raw`
-    // gives up without closing.
-    let id = unsafe { reply.wrap_backing(b.id()) };
-    reply.opened_passthrough(fh, fl, &id);
-    let _ = id.into_raw();
-}
-
-#[allow(unsafe_code)]
-fn send_created_passthrough(
-    reply: ReplyCreate,
-    attr: &FileAttr,
-    fh: FileHandle,
-    fl: FopenFlags,
-    b: &Backing,
-) {
-    // SAFETY: as in `send_passthrough`.
-    let id = unsafe { reply.wrap_backing(b.id()) };
-    reply.created_passthrough(&TTL, attr, Generation(0), fh, fl, &id);
-    let _ = id.into_raw();
-}
-
 fn kind(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -507,7 +480,7 @@ impl Filesystem for FuseAdapter {
                 Err(e) => return reply.error(e.into()),
             };
             match open_reply(fs, ino.0, opened, path) {
-                (fh, fl, Some(b)) => send_passthrough(reply, fh, fl, &b),
+                (fh, fl, Some(b)) => crate::sys::fuser_backing::opened(reply, fh, fl, &b),
                 (fh, fl, None) => reply.opened(fh, fl),
             }
         });
@@ -792,7 +765,7 @@ impl Filesystem for FuseAdapter {
         };
         let attr = fattr(&self.fs, &a);
         match open_reply(&self.fs, node.ino, opened, path) {
-            (fh, fl, Some(b)) => send_created_passthrough(reply, &attr, fh, fl, &b),
+            (fh, fl, Some(b)) => crate::sys::fuser_backing::created(reply, &TTL, &attr, fh, fl, &b),
             (fh, fl, None) => reply.created(&TTL, &attr, Generation(0), fh, fl),
         }
     }

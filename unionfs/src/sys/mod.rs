@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod fsops;
 pub mod fuse_dev;
 pub mod fuse_mount;
+pub mod fuser_backing;
