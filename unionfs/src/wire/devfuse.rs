@@ -122,14 +122,22 @@ fn dispatch(handler: &dyn Handler, dev: &Arc<OwnedFd>, req: &[u8]) {
     let out = Box::new(DevResponder {
         dev: Arc::clone(dev),
     });
-    handler.handle(
-        RawRequest {
-            header,
-            fixed,
-            rest,
-        },
-        out,
-    );
+    // A panic is a bug; it must not also take this request thread away (with all of them
+    // gone every caller of the mount would hang). The request itself is answered EIO as
+    // its reply is dropped (`server::Reply`).
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.handle(
+            RawRequest {
+                header,
+                fixed,
+                rest,
+            },
+            out,
+        )
+    }));
+    if served.is_err() {
+        log::error!("request with opcode {opcode} panicked");
+    }
 }
 
 /// Serves one descriptor until the session ends (or, with `until_init`, until INIT has
