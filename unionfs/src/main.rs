@@ -50,6 +50,8 @@ fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(if opts.debug {
         log::LevelFilter::Debug
+    } else if opts.verbose {
+        log::LevelFilter::Info
     } else {
         log::LevelFilter::Warn
     });
@@ -64,6 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before mounting: uring=on fails here, in one line, when the kernel cannot give a ring.
+    if let Err(e) = choose_transport(&opts) {
+        eprintln!("unionfs: {e}");
+        return ExitCode::from(1);
+    }
     if let Err(e) = start_trace(&opts) {
         eprintln!("unionfs: {e}");
         return ExitCode::from(1);
@@ -249,6 +256,27 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
         }
     }
     result.map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// Which transport will serve the mount. This build still serves through fuser, which
+/// cannot take requests from a ring: `uring=on` is refused and `auto` says so. (Merged with
+/// `wire::server`/`wire::devfuse`, a `Plan::Ring` offers the ring in INIT and calls
+/// `wire::uring::start` once INIT granted it.)
+fn choose_transport(opts: &Options) -> Result<(), String> {
+    use unionfs::wire::uring::{self, Plan};
+    match uring::plan(opts.uring)? {
+        Plan::Ring if opts.uring == options::UringMode::On => Err(
+            "uring=on: this build serves through fuser, which cannot use FUSE over io_uring".into(),
+        ),
+        Plan::Ring => {
+            log::info!("transport: /dev/fuse (the fuser front end cannot use io_uring)");
+            Ok(())
+        }
+        Plan::DevFuse => {
+            log::info!("transport: /dev/fuse");
+            Ok(())
+        }
+    }
 }
 
 /// Opens the trace file (before the daemon detaches: a relative name means the caller's

@@ -51,3 +51,5 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether INIT has been answered (a transport that starts after INIT polls this).
     fn initialized(&self) -> bool;
 }
+
+pub mod uring;
