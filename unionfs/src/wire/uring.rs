@@ -429,8 +429,8 @@ fn release(dev: &OwnedFd, reason: String) -> StartError {
 /// Where an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Its REGISTER or COMMIT_AND_FETCH is in the kernel.
-    Kernel { registering: bool },
+    /// Its REGISTER (`commit: None`) or COMMIT_AND_FETCH is in the kernel.
+    Kernel { commit: Option<u64> },
     /// A request is with the handler; commit with this id.
     Handler { commit_id: u64 },
     /// The kernel will not take it again (connection gone, or refused).
@@ -477,8 +477,8 @@ fn queue_thread(
             return;
         }
     };
-    let early = match register_all(&mut ring) {
-        Ok(early) => early,
+    let setup = match register_all(&mut ring) {
+        Ok(s) => s,
         Err(e) => {
             let _ = ready.send((qid, Err(e)));
             return;
@@ -486,19 +486,32 @@ fn queue_thread(
     };
     let _ = ready.send((qid, Ok(())));
     drop(ready);
-    serve(&mut ring, &*handler, &shared, early);
+    serve(&mut ring, &*handler, &shared, setup);
     log::debug!(
         "fuse ring {qid}: ended after {} requests",
         shared.served.load(Ordering::Relaxed)
     );
 }
 
+/// What registration left.
+struct Setup {
+    /// Entries that already hold a request: the last queue to register makes the ring
+    /// ready, and a caller on this CPU may be quicker than our next look at the completions.
+    early: Vec<usize>,
+    /// Entries the kernel refused.
+    refused: Vec<usize>,
+}
+
 /// Registers every entry, retrying EAGAIN (INIT not yet processed by the kernel). A
-/// refusal comes back at once; an accepted REGISTER completes only with a request. Returns
-/// the entries that already hold one: the last queue to register makes the ring ready, and
-/// a caller on this CPU may be quicker than our next look at the completions.
-fn register_all(ring: &mut QueueRing) -> Result<Vec<usize>, String> {
+/// refusal comes back at once; an accepted REGISTER completes only with a request.
+///
+/// A queue fails only if the kernel took none of its entries: once it took one, this
+/// queue may be all the ring lacked to be ready, and from then on the kernel sends this
+/// CPU's requests here, so the queue must be served even with fewer entries.
+fn register_all(ring: &mut QueueRing) -> Result<Setup, String> {
     let mut early = Vec::new();
+    let mut refused = Vec::new();
+    let mut first_err = None;
     let deadline = Instant::now() + REGISTER_RETRY;
     let mut todo: Vec<usize> = (0..ring.depth()).collect();
     while !todo.is_empty() {
@@ -518,10 +531,11 @@ fn register_all(ring: &mut QueueRing) -> Result<Vec<usize>, String> {
                 0 => early.push(idx),
                 libc::EAGAIN | libc::EINTR if Instant::now() < deadline => todo.push(idx),
                 _ => {
-                    return Err(format!(
+                    refused.push(idx);
+                    first_err.get_or_insert(format!(
                         "FUSE_IO_URING_CMD_REGISTER failed: {}",
                         errno_name(c.res)
-                    ))
+                    ));
                 }
             }
         }
@@ -529,15 +543,31 @@ fn register_all(ring: &mut QueueRing) -> Result<Vec<usize>, String> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    Ok(early)
+    match first_err {
+        Some(e) if refused.len() == ring.depth() => Err(e),
+        Some(e) => {
+            log::warn!(
+                "fuse ring: {} of {} entries refused ({e}); serving with the rest",
+                refused.len(),
+                ring.depth()
+            );
+            Ok(Setup { early, refused })
+        }
+        None => Ok(Setup { early, refused }),
+    }
 }
 
-fn serve(ring: &mut QueueRing, handler: &dyn Handler, shared: &Arc<Shared>, early: Vec<usize>) {
+fn serve(ring: &mut QueueRing, handler: &dyn Handler, shared: &Arc<Shared>, setup: Setup) {
     let qid = shared.qid;
-    let mut states = vec![State::Kernel { registering: true }; ring.depth()];
+    let mut states = vec![State::Kernel { commit: None }; ring.depth()];
+    for idx in setup.refused {
+        if let Some(s) = states.get_mut(idx) {
+            *s = State::Retired;
+        }
+    }
     let mut closing = false;
     let mut done = Vec::new();
-    for idx in early {
+    for idx in setup.early {
         dispatch(ring, handler, shared, &mut states, idx);
     }
     loop {
@@ -608,7 +638,7 @@ fn handle_completion(
     let Some(state) = states.get(idx).copied() else {
         return;
     };
-    let registering = matches!(state, State::Kernel { registering: true });
+    let registering = matches!(state, State::Kernel { commit: None });
     let set = |states: &mut [State], s: State| {
         if let Some(x) = states.get_mut(idx) {
             *x = s;
@@ -631,8 +661,10 @@ fn handle_completion(
     if (c.res == -libc::EAGAIN || c.res == -libc::EINTR) && !*closing {
         // Resubmit the same command: for a commit, the reply is still in the buffers.
         let again = match state {
-            State::Kernel { registering: true } => ring.register(idx),
-            State::Handler { commit_id } => ring.commit(idx, commit_id),
+            State::Kernel { commit: None } => ring.register(idx),
+            State::Kernel {
+                commit: Some(commit_id),
+            } => ring.commit(idx, commit_id),
             _ => Err(io::Error::other("no command to resubmit")),
         };
         if again.is_ok() {
@@ -655,7 +687,7 @@ fn handle_completion(
     // The kernel refused a commit (its request is gone): give the buffers to a fresh
     // kernel entry, so the queue keeps its depth.
     match ring.register(idx) {
-        Ok(()) => set(states, State::Kernel { registering: true }),
+        Ok(()) => set(states, State::Kernel { commit: None }),
         Err(_) => set(states, State::Retired),
     }
 }
@@ -738,7 +770,9 @@ fn commit(ring: &mut QueueRing, states: &mut [State], r: Reply, closing: bool, q
     match ring.commit(r.idx, commit_id) {
         Ok(()) => {
             if let Some(s) = states.get_mut(r.idx) {
-                *s = State::Kernel { registering: false };
+                *s = State::Kernel {
+                    commit: Some(commit_id),
+                };
             }
         }
         Err(e) => log::error!("fuse ring {qid}: cannot queue a commit: {e}"),
