@@ -30,7 +30,16 @@ use common::{mount_entry, Scratch, Skip};
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_FORGET: u32 = 2;
 const FUSE_GETATTR: u32 = 3;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
 const FUSE_STATFS: u32 = 17;
+const FUSE_RELEASE: u32 = 18;
+const FUSE_FLUSH: u32 = 25;
+/// FOPEN_DIRECT_IO: every read and write of "big" comes to the daemon.
+const FOPEN_DIRECT_IO: u32 = 1;
+/// Size of the toy's file "big" (nodeid 2): two full payload buffers.
+const BIG: u64 = 256 * 1024;
 const FUSE_INIT: u32 = 26;
 const FUSE_DESTROY: u32 = 38;
 const FUSE_BATCH_FORGET: u32 = 42;
@@ -121,6 +130,9 @@ struct Toy {
     ring: Vec<AtomicU64>,
     /// Requests other than INIT and FORGET served through /dev/fuse.
     dev: AtomicU64,
+    /// Bytes written to "big" that matched `pattern`, and writes that did not.
+    written_ok: AtomicU64,
+    bad_writes: AtomicU64,
     /// LOOKUP of "slow" goes here instead of being answered.
     hold: Mutex<Option<mpsc::Sender<Held>>>,
 }
@@ -133,6 +145,8 @@ impl Toy {
             granted: AtomicBool::new(false),
             ring: (0..1024).map(|_| AtomicU64::new(0)).collect(),
             dev: AtomicU64::new(0),
+            written_ok: AtomicU64::new(0),
+            bad_writes: AtomicU64::new(0),
             hold: Mutex::new(None),
         })
     }
@@ -142,15 +156,37 @@ impl Toy {
     }
 }
 
-fn root_attr() -> [u8; 104] {
-    // fuse_attr_out: attr_valid u64, attr_valid_nsec u32, dummy u32, fuse_attr. A validity
-    // of 0 makes every stat ask again.
+/// The content of "big" (and of what the test writes to it): a byte per offset.
+fn pattern(off: u64) -> u8 {
+    (off % 251) as u8
+}
+
+/// `struct fuse_attr` (88 bytes).
+fn attr(ino: u64, mode: u32, size: u64) -> [u8; 88] {
+    let mut a = [0u8; 88];
+    a[0..8].copy_from_slice(&ino.to_ne_bytes());
+    a[8..16].copy_from_slice(&size.to_ne_bytes());
+    a[60..64].copy_from_slice(&mode.to_ne_bytes());
+    a[64..68].copy_from_slice(&1u32.to_ne_bytes()); // nlink
+    a[80..84].copy_from_slice(&4096u32.to_ne_bytes()); // blksize
+    a
+}
+
+/// `fuse_attr_out`: attr_valid u64, attr_valid_nsec u32, dummy u32, fuse_attr. A validity
+/// of 0 makes every stat ask again.
+fn attr_out(ino: u64, mode: u32, size: u64) -> [u8; 104] {
     let mut o = [0u8; 104];
-    let a = 16;
-    o[a..a + 8].copy_from_slice(&1u64.to_ne_bytes()); // ino
-    o[a + 60..a + 64].copy_from_slice(&(libc::S_IFDIR | 0o755).to_ne_bytes()); // mode
-    o[a + 64..a + 68].copy_from_slice(&2u32.to_ne_bytes()); // nlink
-    o[a + 80..a + 84].copy_from_slice(&4096u32.to_ne_bytes()); // blksize
+    o[16..].copy_from_slice(&attr(ino, mode, size));
+    o
+}
+
+/// `fuse_entry_out`: nodeid, generation, entry_valid, attr_valid (u64 each), two u32 nsecs,
+/// fuse_attr.
+fn entry_out(ino: u64, mode: u32, size: u64, attr_valid: u64) -> [u8; 128] {
+    let mut o = [0u8; 128];
+    o[0..8].copy_from_slice(&ino.to_ne_bytes());
+    o[24..32].copy_from_slice(&attr_valid.to_ne_bytes());
+    o[40..].copy_from_slice(&attr(ino, mode, size));
     o
 }
 
@@ -159,6 +195,9 @@ impl Handler for Toy {
         match opcode {
             FUSE_INIT => 64,
             FUSE_GETATTR => 16,
+            FUSE_OPEN => 8,
+            FUSE_READ | FUSE_WRITE => 40,
+            FUSE_RELEASE | FUSE_FLUSH => 24,
             _ => 0,
         }
     }
@@ -208,10 +247,57 @@ impl Handler for Toy {
                 out.respond(unique, 0, &[IoSlice::new(&o)]);
                 self.initialized.store(true, Ordering::SeqCst);
             }
-            FUSE_GETATTR if nodeid == 1 => out.respond(unique, 0, &[IoSlice::new(&root_attr())]),
+            FUSE_GETATTR if nodeid == 1 => {
+                let a = attr_out(1, libc::S_IFDIR | 0o755, 0);
+                out.respond(unique, 0, &[IoSlice::new(&a)])
+            }
+            FUSE_GETATTR if nodeid == 2 => {
+                let a = attr_out(2, libc::S_IFREG | 0o644, BIG);
+                out.respond(unique, 0, &[IoSlice::new(&a)])
+            }
             FUSE_GETATTR => out.respond(unique, -libc::ENOENT, &[]),
+            FUSE_OPEN if nodeid == 2 => {
+                // fuse_open_out: fh u64, open_flags u32, backing_id i32.
+                let mut o = [0u8; 16];
+                o[8..12].copy_from_slice(&FOPEN_DIRECT_IO.to_ne_bytes());
+                out.respond(unique, 0, &[IoSlice::new(&o)])
+            }
+            FUSE_READ => {
+                // fuse_read_in: fh u64, offset u64, size u32, ...
+                let off = le64(req.fixed, 8);
+                let size = u64::from(le32(req.fixed, 16));
+                let end = (off + size).min(BIG).max(off);
+                let data: Vec<u8> = (off..end).map(pattern).collect();
+                out.respond(unique, 0, &[IoSlice::new(&data)])
+            }
+            FUSE_WRITE => {
+                // fuse_write_in: fh u64, offset u64, size u32, ...; the data is the payload.
+                let off = le64(req.fixed, 8);
+                let size = le32(req.fixed, 16);
+                let good = req.rest.len() == size as usize
+                    && req
+                        .rest
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == pattern(off + i as u64));
+                if good {
+                    self.written_ok
+                        .fetch_add(u64::from(size), Ordering::Relaxed);
+                } else {
+                    self.bad_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                // fuse_write_out: size u32, padding u32.
+                let mut o = [0u8; 8];
+                o[0..4].copy_from_slice(&size.to_ne_bytes());
+                out.respond(unique, 0, &[IoSlice::new(&o)])
+            }
+            FUSE_RELEASE | FUSE_FLUSH => out.respond(unique, 0, &[]),
             FUSE_LOOKUP => {
                 let name = req.rest.split(|&b| b == 0).next().unwrap_or_default();
+                if name == b"big" {
+                    let e = entry_out(2, libc::S_IFREG | 0o644, BIG, 0);
+                    return out.respond(unique, 0, &[IoSlice::new(&e)]);
+                }
                 if name == b"slow" {
                     if let Some(tx) = self.hold.lock().ok().and_then(|h| h.clone()) {
                         let _ = tx.send((unique, out));
@@ -489,6 +575,49 @@ fn ring_serves_each_cpu() {
     assert!(mount_entry(&f.mnt).is_none(), "still mounted");
 }
 
+/// Reads and writes bigger than a page go through the payload buffers both ways: a
+/// direct-I/O read of "big" (two full 128 KiB replies) and a 64 KiB write checked by the toy.
+fn ring_moves_payloads() {
+    let _param = Param::set(true).expect("enable_uring");
+    let mut f = Fixture::new("uring-data", true);
+    let ring = f.start().expect("ring starts");
+    let before_dev = f.toy.dev.load(Ordering::Relaxed);
+    let big = f.mnt.join("big");
+    let data = std::fs::read(&big).expect("read big");
+    assert_eq!(data.len() as u64, BIG);
+    let wrong = data
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != pattern(i as u64));
+    assert_eq!(wrong, None, "first wrong byte of the read");
+    let chunk: Vec<u8> = (0..65536u64).map(|i| pattern(4096 + i)).collect();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&big)
+            .expect("open big for writing");
+        file.write_all_at(&chunk, 4096).expect("write 64 KiB");
+    }
+    assert_eq!(
+        f.toy.bad_writes.load(Ordering::Relaxed),
+        0,
+        "writes with wrong data"
+    );
+    assert_eq!(f.toy.written_ok.load(Ordering::Relaxed), 65536);
+    assert_eq!(
+        f.toy.dev.load(Ordering::Relaxed),
+        before_dev,
+        "requests went through /dev/fuse while the ring was up"
+    );
+    f.unmount();
+    assert!(
+        ring_ends(ring, Duration::from_secs(10)),
+        "ring threads still running"
+    );
+    assert!(f.join_readers(Duration::from_secs(10)));
+}
+
 /// A request held by a "worker" while the mount is detached: its reply, made off the
 /// queue thread, still reaches the caller (mailbox + eventfd), and then the queues end.
 fn busy_ring_unmount() {
@@ -498,7 +627,7 @@ fn busy_ring_unmount() {
     *f.toy.hold.lock().expect("hold") = Some(tx);
     let ring = f.start().expect("ring starts");
     let slow = f.mnt.join("slow");
-    let caller = std::thread::spawn(move || std::fs::metadata(slow).map(|_| ()));
+    let caller = std::thread::spawn(move || std::fs::metadata(slow).map(|m| m.len()));
     let (unique, held) = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the LOOKUP of slow reached the handler");
@@ -516,13 +645,11 @@ fn busy_ring_unmount() {
         !caller.is_finished(),
         "the caller did not wait for the reply"
     );
-    held.respond(unique, -libc::ENOENT, &[]);
+    // A reply with a body, made on this thread: the queue thread copies it into the entry.
+    let e = entry_out(3, libc::S_IFREG | 0o600, 777, 60);
+    held.respond(unique, 0, &[IoSlice::new(&e[..40]), IoSlice::new(&e[40..])]);
     let got = caller.join().expect("caller");
-    assert_eq!(
-        got.as_ref().err().and_then(|e| e.raw_os_error()),
-        Some(libc::ENOENT),
-        "{got:?}"
-    );
+    assert_eq!(got.as_ref().ok().copied(), Some(777), "{got:?}");
     assert!(
         ring_ends(ring, Duration::from_secs(10)),
         "ring threads still running"
@@ -751,8 +878,9 @@ fn main() {
     if let Some(mnt) = std::env::var_os("UNIONFS_URING_CHILD") {
         std::process::exit(child(PathBuf::from(mnt)));
     }
-    let cases: [(&str, fn()); 6] = [
+    let cases: [(&str, fn()); 7] = [
         ("ring_serves_each_cpu", ring_serves_each_cpu),
+        ("ring_moves_payloads", ring_moves_payloads),
         ("busy_ring_unmount", busy_ring_unmount),
         (
             "disabled_falls_back_to_dev_fuse",
