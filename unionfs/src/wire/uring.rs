@@ -575,6 +575,24 @@ fn serve(ring: &mut QueueRing, handler: &dyn Handler, shared: &Arc<Shared>, setu
             // Forced stop: whatever the kernel still holds is leaked with the ring.
             return;
         }
+        // Replies first, before waiting: one made during `handle` on this thread posted no
+        // wake-up.
+        let replies = std::mem::take(&mut *shared.replies.lock());
+        for r in replies {
+            commit(ring, &mut states, r, closing, qid);
+        }
+        if closing {
+            // The kernel dropped the entries it had given us; their replies have nowhere
+            // to go.
+            for s in &mut states {
+                if matches!(s, State::Handler { .. }) {
+                    *s = State::Retired;
+                }
+            }
+        }
+        if states.iter().all(|s| *s == State::Retired) && ring.in_kernel() == 0 {
+            break;
+        }
         if !closing {
             if let Err(e) = ring.arm_wake(shared.wake.as_fd()) {
                 log::error!("fuse ring {qid}: cannot wait for replies from workers: {e}");
@@ -595,22 +613,6 @@ fn serve(ring: &mut QueueRing, handler: &dyn Handler, shared: &Arc<Shared>, setu
                     handle_completion(ring, handler, shared, &mut states, idx, c, &mut closing)
                 }
             }
-        }
-        let replies = std::mem::take(&mut *shared.replies.lock());
-        for r in replies {
-            commit(ring, &mut states, r, closing, qid);
-        }
-        if closing {
-            // The kernel dropped the entries it had given us; their replies have nowhere
-            // to go.
-            for s in &mut states {
-                if matches!(s, State::Handler { .. }) {
-                    *s = State::Retired;
-                }
-            }
-        }
-        if states.iter().all(|s| *s == State::Retired) && ring.in_kernel() == 0 {
-            break;
         }
     }
     // Take the eventfd read back too, or the ring's buffers would count as lent.
