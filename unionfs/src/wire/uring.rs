@@ -298,6 +298,24 @@ impl Drop for Uring {
 ///
 /// On failure nothing is left running; unless `kernel_waits` says otherwise the kernel has
 /// been told not to wait for the ring, and /dev/fuse serves every request.
+///
+/// How main uses it (the /dev/fuse readers run from before INIT to the end):
+///
+/// ```text
+/// let plan = wire::uring::plan(opts.uring)?;               // before mounting
+/// // the server grants FUSE_OVER_IO_URING in INIT only if plan == Plan::Ring
+/// let readers = devfuse::start(&fd, server.clone());       // answers INIT
+/// let ring = match plan {
+///     Plan::Ring => match wire::uring::start(&fd, server.clone()) {
+///         Ok(r) => Some(r),                                 // info: "transport: io_uring"
+///         Err(e) if opts.uring == UringMode::On || e.kernel_waits => unmount, fail: {e}
+///         Err(e) => None,                                   // info: "/dev/fuse: {e}"
+///     },
+///     Plan::DevFuse => None,
+/// };
+/// readers.join();                                           // ENODEV after unmount
+/// if let Some(r) = ring { r.wait(); }
+/// ```
 pub fn start(dev: &OwnedFd, handler: Arc<dyn Handler>) -> Result<Uring, StartError> {
     let fail = |reason: String| StartError {
         reason,
