@@ -88,9 +88,6 @@ impl Drop for KernelBuf {
     }
 }
 
-// SAFETY: a KernelBuf is plain owned memory; moving it to another thread moves ownership.
-unsafe impl Send for KernelBuf {}
-
 struct Slot {
     header: KernelBuf,
     payload: KernelBuf,
@@ -98,9 +95,6 @@ struct Slot {
     iov: Box<[libc::iovec; 2]>,
     in_kernel: bool,
 }
-
-// SAFETY: the iovecs only point into the slot's own buffers, which move with it.
-unsafe impl Send for Slot {}
 
 /// A ring with SQE128 (the 80-byte command area holds `fuse_uring_cmd_req`), the /dev/fuse
 /// fd registered as fixed file 0 (no file lookup per command), and `depth` entries.
