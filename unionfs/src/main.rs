@@ -13,6 +13,7 @@ use unionfs::options::{self, Frontend, KernelOpt, Options, ParseOutcome};
 use unionfs::sys::daemon::{self, Readiness};
 use unionfs::sys::fuse_mount::{self, MountRequest};
 use unionfs::union::{Config, UnionFs};
+use unionfs::wire::uring::{self, Plan};
 
 /// Logs to stderr; `-d` turns on every request (fuser logs them at debug level).
 struct StderrLog;
@@ -52,6 +53,8 @@ fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(if opts.debug {
         log::LevelFilter::Debug
+    } else if opts.verbose {
+        log::LevelFilter::Info
     } else {
         log::LevelFilter::Warn
     });
@@ -61,6 +64,14 @@ fn main() -> ExitCode {
     // Held for the daemon's whole life: a second mount on this workdir is refused.
     let _work_lock = match options::validate(&opts) {
         Ok(l) => l,
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Before mounting: uring=on fails here, in one line, when the kernel cannot give a ring.
+    let transport = match choose_transport(&opts) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("unionfs: {e}");
             return ExitCode::from(1);
@@ -82,7 +93,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    match serve(&opts, readiness) {
+    match serve(&opts, readiness, transport) {
         Ok(()) => ExitCode::SUCCESS,
         Err((msg, readiness)) => {
             match readiness {
@@ -96,7 +107,7 @@ fn main() -> ExitCode {
 
 type ServeError = (String, Option<Readiness>);
 
-fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError> {
+fn serve(opts: &Options, readiness: Option<Readiness>, transport: Plan) -> Result<(), ServeError> {
     // The caller's umask is applied by the kernel before a request reaches us; ours must
     // not apply a second time.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -216,7 +227,9 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     }
     let result = match opts.frontend {
         Frontend::Fuser => serve_fuser(opts, fs, fd, method, acl, threads, readiness, signals),
-        Frontend::Wire => serve_wire(opts, fs, fd, method, acl, threads, readiness, signals),
+        Frontend::Wire => serve_wire(
+            opts, fs, fd, method, acl, threads, readiness, signals, transport,
+        ),
     };
     if let Some(w) = &opts.workdir {
         if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
@@ -260,8 +273,10 @@ fn serve_wire(
     threads: usize,
     readiness: Option<Readiness>,
     signals: nix::sys::signal::SigSet,
+    transport: Plan,
 ) -> Result<(), ServeError> {
     use unionfs::wire::server::{Access, Server, ServerOptions};
+    use unionfs::wire::Handler;
     let owner = nix::unistd::geteuid().as_raw();
     let access = match acl {
         fuser::SessionACL::All => Access::All,
@@ -278,7 +293,7 @@ fn serve_wire(
         fs,
         ServerOptions {
             dev: Some(Arc::clone(&dev)),
-            want_uring: false,
+            want_uring: transport == Plan::Ring,
             access,
         },
     ));
@@ -289,13 +304,49 @@ fn serve_wire(
     let on_init = Arc::clone(&pending);
     let inited = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let inited_set = Arc::clone(&inited);
+    // The ring's queues, once started; and why the mount had to go if they could not be.
+    let ring: Arc<parking_lot::Mutex<Option<uring::Uring>>> = Arc::default();
+    let ring_failed: Arc<parking_lot::Mutex<Option<String>>> = Arc::default();
+    let (ring_slot, failed_slot) = (Arc::clone(&ring), Arc::clone(&ring_failed));
+    let (ring_dev, ring_server) = (Arc::clone(&dev), Arc::clone(&server));
+    let (mode, mountpoint) = (opts.uring, opts.mountpoint.clone());
     let after_init: Box<dyn FnOnce() + Send> = Box::new(move || {
         inited_set.store(true, std::sync::atomic::Ordering::Release);
+        if ring_server.uring_granted() {
+            // The kernel holds every request until the ring is registered or refused, so
+            // this runs before the other /dev/fuse readers even start.
+            match uring::start(&ring_dev, ring_server) {
+                Ok(r) => {
+                    log::info!("transport: io_uring ({} queues)", r.queues());
+                    *ring_slot.lock() = Some(r);
+                }
+                Err(e) if mode == options::UringMode::On || e.kernel_waits => {
+                    log::error!("FUSE over io_uring: {}", e.reason);
+                    *failed_slot.lock() = Some(format!("FUSE over io_uring: {}", e.reason));
+                    let _ = fuse_mount::unmount(&mountpoint, method);
+                    return;
+                }
+                Err(e) => log::info!("transport: /dev/fuse (io_uring: {})", e.reason),
+            }
+        } else if transport == Plan::Ring {
+            log::info!("transport: /dev/fuse (the kernel did not offer io_uring in INIT)");
+        } else {
+            log::info!("transport: /dev/fuse");
+        }
         if let Some(r) = on_init.lock().take() {
             r.ready();
         }
     });
     let r = unionfs::wire::devfuse::serve(dev, server, threads, Some(after_init));
+    // The readers end at unmount (ENODEV); the queues end as the kernel gives back their
+    // commands.
+    let queues = ring.lock().take();
+    if let Some(q) = queues {
+        q.wait();
+    }
+    if let Some(why) = ring_failed.lock().take() {
+        return Err((why, pending.lock().take()));
+    }
     if !inited.load(std::sync::atomic::Ordering::Acquire) {
         // INIT never came (or could not be read).
         let readiness = pending.lock().take();
@@ -352,6 +403,22 @@ fn serve_fuser(
     session
         .run()
         .map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// Which transport will serve the mount: the ring is offered in INIT only when `-o uring=`
+/// and the kernel allow it and the front end can serve it (fuser cannot).
+fn choose_transport(opts: &Options) -> Result<Plan, String> {
+    let plan = uring::plan(opts.uring)?;
+    match (plan, opts.frontend) {
+        (Plan::Ring, Frontend::Fuser) if opts.uring == options::UringMode::On => {
+            Err("uring=on: the fuser front end cannot use FUSE over io_uring".into())
+        }
+        (Plan::Ring, Frontend::Fuser) => {
+            log::info!("transport: /dev/fuse (the fuser front end cannot use io_uring)");
+            Ok(Plan::DevFuse)
+        }
+        (p, _) => Ok(p),
+    }
 }
 
 /// Opens the trace file (before the daemon detaches: a relative name means the caller's

@@ -6,3 +6,4 @@ pub mod fsops;
 pub mod fuse_dev;
 pub mod fuse_mount;
 pub mod fuser_backing;
+pub mod uring;

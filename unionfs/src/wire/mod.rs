@@ -51,6 +51,9 @@ pub trait Handler: Send + Sync + 'static {
     /// it cannot decode gets EINVAL (ENOSYS for an unknown opcode).
     fn handle(&self, req: RawRequest<'_>, out: Box<dyn Responder>);
     /// After INIT: whether the reply granted FUSE_OVER_IO_URING (the ring may be set up).
+    /// Grant it only when the ring will be started (`wire::uring::plan` said `Ring`): once
+    /// granted, the kernel holds every new request until the ring is registered or
+    /// refused.
     fn uring_granted(&self) -> bool;
     /// After INIT: the largest payload a request or reply may carry (the kernel's
     /// `max_payload_sz`: max(8192, max_write, max_pages * page size)); ring payload buffers
@@ -67,3 +70,4 @@ pub mod request;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod uring;
