@@ -297,7 +297,7 @@ fn copy_up_one(
     };
     state.metacopy = inode.kind == libc::S_IFREG && metadata_only(fs, data);
     state.upper = Some(upper.clone());
-    let aliases = std::mem::take(&mut state.aliases);
+    let aliases = state.take_aliases();
     drop(state);
     fs.inodes.shows_upper(inode, Some((src.dev, src.ino)), key);
     let (at, mt) = (
@@ -336,7 +336,7 @@ pub fn upper_real(
         };
         Loc::Dir(DirRef::child(dir, name, Some(fd)))
     } else {
-        Loc::At(Arc::clone(dir), name.to_os_string())
+        Loc::At(Arc::clone(dir), crate::inode::name_of(name))
     };
     Ok(Real {
         loc,

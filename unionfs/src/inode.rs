@@ -36,6 +36,16 @@ pub enum LayerRef {
     Lower(usize),
 }
 
+/// A name as nodes keep it: one allocation shared by the node's `State::name` and its
+/// real object's `Loc::At` (they are the same name unless a redirect or a rename made
+/// them differ), since a name per copy was a fifth of a cached node's memory.
+pub type Name = Arc<OsStr>;
+
+/// A `Name` for `name`.
+pub fn name_of(name: &OsStr) -> Name {
+    Arc::from(name)
+}
+
 /// Where a real object is reached. A directory is a `DirRef` (its descriptor opened on
 /// demand, see `dirfd`); any other object is named inside its parent's `DirRef`, so that
 /// cached files cost no descriptor; an upper object with several names, or an open file
@@ -43,7 +53,7 @@ pub enum LayerRef {
 #[derive(Clone, Debug)]
 pub enum Loc {
     Dir(Arc<DirRef>),
-    At(Arc<DirRef>, OsString),
+    At(Arc<DirRef>, Name),
     Fd(Arc<OwnedFd>),
 }
 
@@ -59,7 +69,7 @@ pub struct Real {
 /// A descriptor for one use: the object's own, or its parent's with its name.
 enum Handle {
     Own(Arc<OwnedFd>),
-    In(Arc<OwnedFd>, OsString),
+    In(Arc<OwnedFd>, Name),
 }
 
 impl Real {
@@ -102,7 +112,7 @@ impl Real {
                 // on another object that took the name (a whiteout, a file renamed over it).
                 let fd = match nix::fcntl::openat(
                     d.fd()?.as_fd(),
-                    name.as_os_str(),
+                    &**name,
                     OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 ) {
@@ -113,7 +123,7 @@ impl Real {
                 self.check_same(&fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?)?;
                 Handle::Own(Arc::new(fd))
             }
-            Loc::At(d, name) => Handle::In(d.fd()?, name.clone()),
+            Loc::At(d, name) => Handle::In(d.fd()?, Arc::clone(name)),
         })
     }
 
@@ -130,7 +140,7 @@ impl Real {
             // One call, checked after the fact: a stat has no effect to undo.
             let st = match fstatat(
                 d.fd()?.as_fd(),
-                name.as_os_str(),
+                &**name,
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
                 Ok(st) => st,
@@ -143,7 +153,7 @@ impl Real {
         Ok(match self.handle()? {
             Handle::Own(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
             Handle::In(dir, name) => {
-                fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?
+                fstatat(dir.as_fd(), &*name, AtFlags::AT_SYMLINK_NOFOLLOW)?
             }
         })
     }
@@ -157,7 +167,7 @@ impl Real {
                 nix::fcntl::open(path.as_c_str(), flags - OFlag::O_NOFOLLOW, Mode::empty())?
             }
             Handle::In(dir, name) => {
-                nix::fcntl::openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty())?
+                nix::fcntl::openat(dir.as_fd(), &*name, flags, Mode::empty())?
             }
         };
         Ok(File::from(fd))
@@ -166,7 +176,7 @@ impl Real {
     pub fn readlink(&self) -> Result<OsString> {
         Ok(match self.handle()? {
             Handle::Own(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
-            Handle::In(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), name.as_os_str())?,
+            Handle::In(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), &*name)?,
         })
     }
 
@@ -178,7 +188,7 @@ impl Real {
             }
             Handle::In(dir, name) => nix::unistd::fchownat(
                 dir.as_fd(),
-                name.as_os_str(),
+                &*name,
                 uid,
                 gid,
                 AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -202,7 +212,7 @@ impl Real {
             }
             Handle::In(dir, name) => nix::sys::stat::fchmodat(
                 dir.as_fd(),
-                name.as_os_str(),
+                &*name,
                 mode,
                 FchmodatFlags::FollowSymlink,
             )?,
@@ -225,7 +235,7 @@ impl Real {
             }
             Handle::In(dir, name) => nix::sys::stat::utimensat(
                 dir.as_fd(),
-                name.as_os_str(),
+                &*name,
                 atime,
                 mtime,
                 UtimensatFlags::NoFollowSymlink,
@@ -248,7 +258,7 @@ impl Real {
                 )?
             }
             Handle::In(d, n) => {
-                nix::unistd::linkat(d.as_fd(), n.as_os_str(), dir, name, AtFlags::empty())?
+                nix::unistd::linkat(d.as_fd(), &*n, dir, name, AtFlags::empty())?
             }
         }
         Ok(())
@@ -271,7 +281,7 @@ impl Real {
         if let Loc::At(dir, name) = &self.loc {
             let fd = nix::fcntl::openat(
                 dir.fd()?.as_fd(),
-                name.as_os_str(),
+                &**name,
                 OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
@@ -281,32 +291,139 @@ impl Real {
     }
 }
 
+/// A node's lower objects: a directory's merge stack below the upper (top-down, stopping
+/// at an opaque one); for any other type, the lower object it came from and, for a
+/// metadata-only copy, its data. Almost always one or none, so one is kept inline and
+/// only a merge of several lower directories takes an allocation of its own.
+#[derive(Clone, Debug, Default)]
+pub enum Lowers {
+    #[default]
+    None,
+    One(Real),
+    Many(Box<[Real]>),
+}
+
+impl std::ops::Deref for Lowers {
+    type Target = [Real];
+    fn deref(&self) -> &[Real] {
+        match self {
+            Lowers::None => &[],
+            Lowers::One(r) => std::slice::from_ref(r),
+            Lowers::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Lowers {
+    type Item = &'a Real;
+    type IntoIter = std::slice::Iter<'a, Real>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<Real>> for Lowers {
+    fn from(mut v: Vec<Real>) -> Lowers {
+        match v.len() {
+            0 => Lowers::None,
+            1 => v.pop().map_or(Lowers::None, Lowers::One),
+            // `into_boxed_slice` drops any spare capacity: a Vec grown by pushes keeps up
+            // to twice what it holds, for the node's whole life.
+            _ => Lowers::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
+impl FromIterator<Real> for Lowers {
+    fn from_iter<I: IntoIterator<Item = Real>>(iter: I) -> Lowers {
+        Lowers::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// What few nodes have, kept out of line so that the others pay one word for it.
+#[derive(Debug, Default)]
+struct Rare {
+    redirect: Option<OsString>,
+    aliases: Vec<(u64, OsString)>,
+}
+
 #[derive(Debug)]
 pub struct State {
     pub parent: u64,
-    pub name: OsString,
+    pub name: Name,
     pub upper: Option<Real>,
-    /// A directory's merge stack below the upper (top-down, stopping at an opaque one);
-    /// for any other type, the lower object it came from (at most one).
-    pub lowers: Vec<Real>,
+    /// See `Lowers`.
+    pub lowers: Lowers,
     /// The upper directory is known to carry the impure marker.
     pub impure: bool,
-    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
-    /// read by lookup from the upper directory, set when a rename writes one. A rename
-    /// that needs an absolute redirect builds it from these and the ancestors' names.
-    pub redirect: Option<OsString>,
     /// A regular file whose upper copy (or top lower file) holds its metadata only
     /// (`*.overlay.metacopy`): its data is the last lower file's.
     pub metacopy: bool,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
-    /// Other names that reached the same lower hard link (and so the same node, the kernel
-    /// showing one inode number for them, as the kernel's overlay does). A copy-up breaks
-    /// the link, as there: those names must then be looked up again.
-    pub aliases: Vec<(u64, OsString)>,
+    /// The redirect and the aliases (see `redirect` and `aliases`).
+    rare: Option<Box<Rare>>,
 }
 
 impl State {
+    /// A node's state as a lookup or a create finds it: nothing unlinked, no redirect,
+    /// no alias.
+    pub fn new(parent: u64, name: Name, upper: Option<Real>, lowers: Lowers) -> State {
+        State {
+            parent,
+            name,
+            upper,
+            lowers,
+            impure: false,
+            metacopy: false,
+            unlinked: false,
+            rare: None,
+        }
+    }
+
+    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
+    /// read by lookup from the upper directory, set when a rename writes one. A rename
+    /// that needs an absolute redirect builds it from these and the ancestors' names.
+    pub fn redirect(&self) -> Option<&OsString> {
+        self.rare.as_ref().and_then(|r| r.redirect.as_ref())
+    }
+
+    pub fn set_redirect(&mut self, redirect: Option<OsString>) {
+        if redirect.is_none() && self.rare.is_none() {
+            return;
+        }
+        self.rare.get_or_insert_with(Box::default).redirect = redirect;
+        self.drop_empty_rare();
+    }
+
+    /// Other names that reached the same lower hard link (and so the same node, the kernel
+    /// showing one inode number for them, as the kernel's overlay does). A copy-up breaks
+    /// the link, as there: those names must then be looked up again.
+    pub fn aliases(&self) -> &[(u64, OsString)] {
+        self.rare.as_ref().map_or(&[], |r| &r.aliases)
+    }
+
+    /// Takes the aliases (a copy-up broke the link).
+    pub fn take_aliases(&mut self) -> Vec<(u64, OsString)> {
+        let taken = self
+            .rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.aliases))
+            .unwrap_or_default();
+        self.drop_empty_rare();
+        taken
+    }
+
+    fn drop_empty_rare(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.redirect.is_none() && r.aliases.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+
     /// The object whose attributes and data the union shows.
     pub fn real(&self) -> Option<&Real> {
         self.upper.as_ref().or(self.lowers.first())
@@ -330,14 +447,14 @@ pub struct Inode {
     pub ino: u64,
     /// `S_IFMT` bits; a name whose type changes gets a new node.
     pub kind: u32,
-    pub lookups: AtomicU64,
+    /// Signalled when an open of the node has been released (see `Released`).
+    pub released: Released,
     /// Held while this node is copied up, so that one copy-up runs at a time per node.
     pub copyup: Mutex<()>,
+    pub lookups: AtomicU64,
     pub state: RwLock<State>,
     /// The node's open files, which decide how a new open may serve its data.
-    pub opens: Mutex<Opens>,
-    /// Signalled when an open of the node has been released.
-    pub released: parking_lot::Condvar,
+    pub opens: OpensCell,
 }
 
 /// The kernel's rules for the opens of one inode: either all pass through to one backing
@@ -352,12 +469,112 @@ pub struct Opens {
     pub backing: Option<Backing>,
 }
 
+impl Opens {
+    fn is_idle(&self) -> bool {
+        self.handles == 0 && self.cached == 0 && self.backing.is_none()
+    }
+}
+
 #[derive(Debug)]
 pub struct Backing {
     pub real: (u64, u64),
     /// The backing file is in a lower layer (`passthrough=all`).
     pub lower: bool,
     pub id: std::sync::Weak<fuser::BackingId>,
+}
+
+/// A node's `Opens`, allocated only while it has some: most cached nodes are never opened,
+/// and the 48 bytes inline were a sixth of a node.
+#[derive(Debug, Default)]
+pub struct OpensCell(Mutex<Option<Box<Opens>>>);
+
+/// What a node with no open files has.
+static NO_OPENS: Opens = Opens {
+    handles: 0,
+    cached: 0,
+    backing: None,
+};
+
+impl OpensCell {
+    pub fn lock(&self) -> OpensGuard<'_> {
+        OpensGuard(self.0.lock())
+    }
+}
+
+/// The locked `Opens` of a node; frees them when they are back to none.
+pub struct OpensGuard<'a>(parking_lot::MutexGuard<'a, Option<Box<Opens>>>);
+
+impl std::ops::Deref for OpensGuard<'_> {
+    type Target = Opens;
+    fn deref(&self) -> &Opens {
+        self.0.as_deref().unwrap_or(&NO_OPENS)
+    }
+}
+
+impl std::ops::DerefMut for OpensGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Opens {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Drop for OpensGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.as_ref().is_some_and(|o| o.is_idle()) {
+            *self.0 = None;
+        }
+    }
+}
+
+/// The end of a `Released::wait_until`.
+#[derive(Clone, Copy, Debug)]
+pub struct Waited {
+    timed_out: bool,
+}
+
+impl Waited {
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+}
+
+/// A node's "an open was released" signal, without a condition variable per node (a
+/// word each, for a wait that only `passthrough=all` write opens ever do): a count that
+/// the releaser bumps under the node's `opens` lock, and one condition variable shared by
+/// all nodes that waiters sleep on until the count moves. The count is read under the
+/// `opens` lock and checked again under the shared mutex before sleeping, and the
+/// releaser takes the shared mutex to notify after bumping it: a release between a
+/// waiter's check of `Opens` and its sleep is never missed. Other nodes' releases wake a
+/// waiter for nothing; it sleeps again.
+#[derive(Debug, Default)]
+pub struct Released(std::sync::atomic::AtomicU32);
+
+static RELEASED: (Mutex<()>, parking_lot::Condvar) = (Mutex::new(()), parking_lot::Condvar::new());
+
+impl Released {
+    /// Sleeps until a release of this node is signalled or `deadline` passes, with the
+    /// node's `opens` unlocked meanwhile (as `Condvar::wait_until`). The caller holds
+    /// `opens`, checks its condition again on return, as with any condition variable.
+    pub fn wait_until(&self, opens: &mut OpensGuard<'_>, deadline: std::time::Instant) -> Waited {
+        let seen = self.0.load(Ordering::Acquire);
+        let mut timed_out = false;
+        parking_lot::MutexGuard::unlocked(&mut opens.0, || {
+            let mut shared = RELEASED.0.lock();
+            while self.0.load(Ordering::Acquire) == seen {
+                if RELEASED.1.wait_until(&mut shared, deadline).timed_out() {
+                    timed_out = true;
+                    break;
+                }
+            }
+        });
+        Waited { timed_out }
+    }
+
+    /// Wakes the waiters of this node; called with the node's `opens` locked.
+    pub fn notify_all(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        let _shared = RELEASED.0.lock();
+        RELEASED.1.notify_all();
+    }
 }
 
 impl Inode {
@@ -390,12 +607,13 @@ fn reuse(inode: &Inode, found: State) {
     // A hard link may be reached through another name: remember the latest one, the one a
     // copy-up would use.
     if !inode.is_dir() && (st.parent != found.parent || st.name != found.name) {
-        let old = (st.parent, std::mem::take(&mut st.name));
-        if !st.aliases.contains(&old) {
-            st.aliases.push(old);
+        let old = (st.parent, st.name.to_os_string());
+        let rare = st.rare.get_or_insert_with(Box::default);
+        if !rare.aliases.contains(&old) {
+            rare.aliases.push(old);
         }
-        st.aliases
-            .retain(|a| a.0 != found.parent || a.1 != found.name);
+        rare.aliases
+            .retain(|a| a.0 != found.parent || *a.1 != *found.name);
         st.parent = found.parent;
         st.name = found.name;
     }
@@ -434,8 +652,8 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             copyup: Mutex::new(()),
             state: RwLock::new(state),
-            opens: Mutex::new(Opens::default()),
-            released: parking_lot::Condvar::new(),
+            opens: OpensCell::default(),
+            released: Released::default(),
         });
         self.map.insert(ROOT, Arc::clone(&inode));
         inode
@@ -498,8 +716,8 @@ impl InodeTable {
                         lookups: AtomicU64::new(1),
                         copyup: Mutex::new(()),
                         state: RwLock::new(state),
-                        opens: Mutex::new(Opens::default()),
-                        released: parking_lot::Condvar::new(),
+                        opens: OpensCell::default(),
+                        released: Released::default(),
                     });
                     v.insert(Arc::clone(&inode));
                     return inode;
@@ -583,17 +801,7 @@ mod tests {
     }
 
     fn state(upper: Option<Real>, lower: Option<Real>) -> State {
-        State {
-            parent: ROOT,
-            name: "x".into(),
-            upper,
-            lowers: lower.into_iter().collect(),
-            impure: false,
-            redirect: None,
-            metacopy: false,
-            unlinked: false,
-            aliases: Vec::new(),
-        }
+        State::new(ROOT, name_of(OsStr::new("x")), upper, lower.into_iter().collect())
     }
 
     #[test]
@@ -655,5 +863,25 @@ mod tests {
             state(Some(real(5, LayerRef::Upper)), None),
         );
         assert_ne!(a.ino, b.ino);
+    }
+}
+
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        eprintln!(
+            "Inode {} State {} Real {} Loc {} Lowers {} OpensCell {} LayerRef {}",
+            std::mem::size_of::<Inode>(),
+            std::mem::size_of::<State>(),
+            std::mem::size_of::<Real>(),
+            std::mem::size_of::<Loc>(),
+            std::mem::size_of::<Lowers>(),
+            std::mem::size_of::<OpensCell>(),
+            std::mem::size_of::<LayerRef>(),
+        );
     }
 }

@@ -199,17 +199,14 @@ impl UnionFs {
                 .is_some()
         });
         let root_ino = upper.as_ref().or(lowers.first()).map_or(ROOT, |r| r.ino);
-        inodes.insert_root(State {
-            parent: ROOT,
-            name: OsString::new(),
+        let mut root = State::new(
+            ROOT,
+            crate::inode::name_of(OsStr::new("")),
             upper,
-            lowers,
-            impure,
-            redirect: None,
-            metacopy: false,
-            unlinked: false,
-            aliases: Vec::new(),
-        });
+            lowers.into(),
+        );
+        root.impure = impure;
+        inodes.insert_root(root);
         let redirects = crate::lookup::Redirects {
             follow: config.redirect_follow,
             roots,
