@@ -83,7 +83,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
                 trace_data_copy_up(fs, inode, &u, data, &timer);
             }
         }
-        return Ok(u);
+        return Ok(*u);
     }
     fs.check_writable()?;
     let parent_ino = inode.state.read().parent;
@@ -98,7 +98,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     let (name, src, data_src) = {
         let st = inode.state.read();
         if let Some(u) = &st.upper {
-            return Ok(u.clone());
+            return Ok(Real::clone(u));
         }
         if st.unlinked {
             // Its name was removed (by a request that resolved it before the unlink):
@@ -296,7 +296,7 @@ fn copy_up_one(
         }
     };
     state.metacopy = inode.kind == libc::S_IFREG && metadata_only(fs, data);
-    state.upper = Some(upper.clone());
+    state.upper = Some(Box::new(upper.clone()));
     let aliases = state.take_aliases();
     drop(state);
     fs.inodes.shows_upper(inode, Some((src.dev, src.ino)), key);

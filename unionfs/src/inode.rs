@@ -351,7 +351,9 @@ struct Rare {
 pub struct State {
     pub parent: u64,
     pub name: Name,
-    pub upper: Option<Real>,
+    /// Boxed: most cached nodes are lower objects a walk found, and a `Real` inline
+    /// would cost them 64 bytes for nothing.
+    pub upper: Option<Box<Real>>,
     /// See `Lowers`.
     pub lowers: Lowers,
     /// The upper directory is known to carry the impure marker.
@@ -372,7 +374,7 @@ impl State {
         State {
             parent,
             name,
-            upper,
+            upper: upper.map(Box::new),
             lowers,
             impure: false,
             metacopy: false,
@@ -426,7 +428,7 @@ impl State {
 
     /// The object whose attributes and data the union shows.
     pub fn real(&self) -> Option<&Real> {
-        self.upper.as_ref().or(self.lowers.first())
+        self.upper.as_deref().or(self.lowers.first())
     }
     /// The object whose data the union shows: the lower file of a metadata-only copy.
     pub fn data_real(&self) -> Option<&Real> {
@@ -676,7 +678,7 @@ impl InodeTable {
                 if let Some(existing) = self.get(*e.get()) {
                     let same = existing.kind == kind && {
                         let st = existing.state.read();
-                        !st.unlinked && same_object(&st, state.upper.as_ref(), state.lowers.first())
+                        !st.unlinked && same_object(&st, state.upper.as_deref(), state.lowers.first())
                     };
                     if same {
                         drop(e);
