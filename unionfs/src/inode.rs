@@ -624,21 +624,33 @@ fn reuse(inode: &Inode, found: State) {
     }
 }
 
+/// Below this many nodes the table is not worth shrinking (see `InodeTable::forget`).
+const SHRINK_MIN: usize = 4096;
+/// How long a shrink waits after the forget that asked for it: the kernel forgets a large
+/// tree in a burst of BATCH_FORGETs, and one shrink after the burst is enough.
+const SHRINK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 pub struct InodeTable {
-    map: DashMap<u64, Arc<Inode>>,
+    map: Arc<DashMap<u64, Arc<Inode>>>,
     /// The node showing each real object, by the object's (st_dev, st_ino): the upper
     /// one, else the first lower one (see `get_or_insert`).
-    by_object: DashMap<(u64, u64), u64>,
+    by_object: Arc<DashMap<(u64, u64), u64>>,
     next_synthetic: AtomicU64,
+    /// The most nodes held since the last shrink; a table that fell well below it has
+    /// spare capacity (and free heap) to give back.
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many nodes the map holds, without `DashMap::len`'s walk over every shard.
+    count: std::sync::atomic::AtomicUsize,
+    /// A shrink is scheduled (at most one at a time).
+    shrinking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl InodeTable {
     pub fn new() -> Self {
         InodeTable {
-            map: DashMap::new(),
-            by_object: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            ..InodeTable::default()
         }
     }
 
@@ -722,6 +734,8 @@ impl InodeTable {
                         released: Released::default(),
                     });
                     v.insert(Arc::clone(&inode));
+                    let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.peak.fetch_max(n, Ordering::Relaxed);
                     return inode;
                 }
             }
@@ -761,7 +775,52 @@ impl InodeTable {
             if let Some(key) = object_key(&inode.state.read()) {
                 self.by_object.remove_if(&key, |_, v| *v == ino);
             }
+            drop(inode);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.maybe_shrink();
         }
+    }
+
+    /// Schedules a shrink when the table holds less than a quarter of its peak: the
+    /// kernel forgot most of what a walk cached (memory pressure, `drop_caches`), and the
+    /// maps' capacity and the freed nodes' heap would otherwise stay the daemon's for
+    /// good. The shrink runs on a thread of its own, after the burst of forgets, not on
+    /// the request that noticed (it rehashes both maps and walks the allocator's arenas).
+    fn maybe_shrink(&self) {
+        let (len, peak) = (
+            self.count.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        );
+        if peak < SHRINK_MIN || len > peak / 4 || self.shrinking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (map, by_object) = (Arc::downgrade(&self.map), Arc::downgrade(&self.by_object));
+        let (peak, shrinking) = (Arc::clone(&self.peak), Arc::clone(&self.shrinking));
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-shrink".into())
+            .spawn(move || {
+                std::thread::sleep(SHRINK_DELAY);
+                // The table is gone (unmounted): nothing to give back.
+                if let (Some(map), Some(by_object)) = (map.upgrade(), by_object.upgrade()) {
+                    shrink(&map, &by_object, &peak);
+                }
+                shrinking.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the inode table's shrink: {e}");
+            self.shrinking.store(false, Ordering::Release);
+        }
+    }
+
+    /// Shrinks the maps to what they hold and returns free heap to the system, now (see
+    /// `maybe_shrink`, which schedules it).
+    pub fn shrink(&self) {
+        shrink(&self.map, &self.by_object, &self.peak);
+    }
+
+    /// The capacity of the node map (for tests of `shrink`).
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
     }
 
     pub fn len(&self) -> usize {
@@ -771,6 +830,18 @@ impl InodeTable {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+fn shrink(
+    map: &DashMap<u64, Arc<Inode>>,
+    by_object: &DashMap<(u64, u64), u64>,
+    peak: &std::sync::atomic::AtomicUsize,
+) {
+    // One shard at a time under its write lock: requests on other shards go on.
+    map.shrink_to_fit();
+    by_object.shrink_to_fit();
+    peak.store(map.len(), Ordering::Relaxed);
+    crate::sys::heap::trim();
 }
 
 /// The number `stat` shows for an object whose inode number is `ino` on the layer

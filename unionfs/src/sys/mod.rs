@@ -4,3 +4,4 @@
 pub mod daemon;
 pub mod fsops;
 pub mod fuse_mount;
+pub mod heap;
