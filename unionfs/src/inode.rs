@@ -138,11 +138,7 @@ impl Real {
     pub fn stat(&self) -> Result<FileStat> {
         if let (true, Loc::At(d, name)) = (self.by_upper_name(), &self.loc) {
             // One call, checked after the fact: a stat has no effect to undo.
-            let st = match fstatat(
-                d.fd()?.as_fd(),
-                &**name,
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
+            let st = match fstatat(d.fd()?.as_fd(), &**name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(nix::errno::Errno::ENOENT) => return Err(Errno::ESTALE),
                 Err(e) => return Err(e.into()),
@@ -152,9 +148,7 @@ impl Real {
         }
         Ok(match self.handle()? {
             Handle::Own(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
-            Handle::In(dir, name) => {
-                fstatat(dir.as_fd(), &*name, AtFlags::AT_SYMLINK_NOFOLLOW)?
-            }
+            Handle::In(dir, name) => fstatat(dir.as_fd(), &*name, AtFlags::AT_SYMLINK_NOFOLLOW)?,
         })
     }
 
@@ -166,9 +160,7 @@ impl Real {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::fcntl::open(path.as_c_str(), flags - OFlag::O_NOFOLLOW, Mode::empty())?
             }
-            Handle::In(dir, name) => {
-                nix::fcntl::openat(dir.as_fd(), &*name, flags, Mode::empty())?
-            }
+            Handle::In(dir, name) => nix::fcntl::openat(dir.as_fd(), &*name, flags, Mode::empty())?,
         };
         Ok(File::from(fd))
     }
@@ -186,13 +178,9 @@ impl Real {
             Handle::Own(fd) => {
                 nix::unistd::fchownat(fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?
             }
-            Handle::In(dir, name) => nix::unistd::fchownat(
-                dir.as_fd(),
-                &*name,
-                uid,
-                gid,
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?,
+            Handle::In(dir, name) => {
+                nix::unistd::fchownat(dir.as_fd(), &*name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?
+            }
         }
         Ok(())
     }
@@ -210,12 +198,9 @@ impl Real {
                     FchmodatFlags::FollowSymlink,
                 )?
             }
-            Handle::In(dir, name) => nix::sys::stat::fchmodat(
-                dir.as_fd(),
-                &*name,
-                mode,
-                FchmodatFlags::FollowSymlink,
-            )?,
+            Handle::In(dir, name) => {
+                nix::sys::stat::fchmodat(dir.as_fd(), &*name, mode, FchmodatFlags::FollowSymlink)?
+            }
         }
         Ok(())
     }
@@ -257,9 +242,7 @@ impl Real {
                     AtFlags::AT_SYMLINK_FOLLOW,
                 )?
             }
-            Handle::In(d, n) => {
-                nix::unistd::linkat(d.as_fd(), &*n, dir, name, AtFlags::empty())?
-            }
+            Handle::In(d, n) => nix::unistd::linkat(d.as_fd(), &*n, dir, name, AtFlags::empty())?,
         }
         Ok(())
     }
@@ -690,7 +673,8 @@ impl InodeTable {
                 if let Some(existing) = self.get(*e.get()) {
                     let same = existing.kind == kind && {
                         let st = existing.state.read();
-                        !st.unlinked && same_object(&st, state.upper.as_deref(), state.lowers.first())
+                        !st.unlinked
+                            && same_object(&st, state.upper.as_deref(), state.lowers.first())
                     };
                     if same {
                         drop(e);
@@ -874,7 +858,12 @@ mod tests {
     }
 
     fn state(upper: Option<Real>, lower: Option<Real>) -> State {
-        State::new(ROOT, name_of(OsStr::new("x")), upper, lower.into_iter().collect())
+        State::new(
+            ROOT,
+            name_of(OsStr::new("x")),
+            upper,
+            lower.into_iter().collect(),
+        )
     }
 
     #[test]
@@ -937,24 +926,174 @@ mod tests {
         );
         assert_ne!(a.ino, b.ino);
     }
-}
 
-
-#[cfg(test)]
-mod layout {
-    use super::*;
+    /// The layout the memory budget rests on (issue 13: about 300 bytes per cached node
+    /// all included, fuse-overlayfs 1.10's figure): a node of a lower file is one
+    /// allocation of the `Arc<Inode>` plus its name.
+    #[test]
+    fn node_layout_stays_small() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<Inode>() <= 168,
+            "Inode is {} bytes",
+            size_of::<Inode>()
+        );
+        assert!(
+            size_of::<State>() <= 112,
+            "State is {} bytes",
+            size_of::<State>()
+        );
+        assert!(size_of::<Lowers>() <= size_of::<Real>());
+        assert_eq!(size_of::<Option<Box<Real>>>(), 8);
+        assert_eq!(size_of::<OpensCell>(), 16);
+    }
 
     #[test]
-    fn sizes() {
-        eprintln!(
-            "Inode {} State {} Real {} Loc {} Lowers {} OpensCell {} LayerRef {}",
-            std::mem::size_of::<Inode>(),
-            std::mem::size_of::<State>(),
-            std::mem::size_of::<Real>(),
-            std::mem::size_of::<Loc>(),
-            std::mem::size_of::<Lowers>(),
-            std::mem::size_of::<OpensCell>(),
-            std::mem::size_of::<LayerRef>(),
+    fn lowers_keep_one_inline_and_exact_slices() {
+        assert!(matches!(Lowers::from(Vec::new()), Lowers::None));
+        let one = Lowers::from(vec![real(1, LayerRef::Lower(0))]);
+        assert!(matches!(one, Lowers::One(_)));
+        assert_eq!(one.len(), 1);
+        let mut v = Vec::with_capacity(8);
+        v.push(real(1, LayerRef::Lower(0)));
+        v.push(real(2, LayerRef::Lower(1)));
+        let two = Lowers::from(v);
+        assert_eq!(two.iter().map(|r| r.ino).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(matches!(two, Lowers::Many(ref b) if b.len() == 2));
+    }
+
+    #[test]
+    fn rare_fields_come_and_go() {
+        let mut st = state(None, Some(real(3, LayerRef::Lower(0))));
+        assert!(st.rare.is_none());
+        st.set_redirect(Some("/a/b".into()));
+        assert_eq!(
+            st.redirect().map(|r| r.as_os_str()),
+            Some(OsStr::new("/a/b"))
         );
+        st.set_redirect(None);
+        assert!(st.rare.is_none(), "an empty rare part is freed");
+        assert!(st.take_aliases().is_empty());
+    }
+
+    #[test]
+    fn hard_link_names_are_aliases_until_taken() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            9,
+            libc::S_IFREG,
+            state(None, Some(real(9, LayerRef::Lower(0)))),
+        );
+        let mut other = state(None, Some(real(9, LayerRef::Lower(0))));
+        other.parent = 42;
+        other.name = name_of(OsStr::new("y"));
+        let b = t.get_or_insert(9, libc::S_IFREG, other);
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut st = a.state.write();
+        assert_eq!((st.parent, &*st.name), (42, OsStr::new("y")));
+        assert_eq!(st.aliases(), &[(ROOT, OsString::from("x"))]);
+        assert_eq!(st.take_aliases().len(), 1);
+        assert!(st.rare.is_none());
+    }
+
+    #[test]
+    fn opens_are_allocated_only_while_open() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            11,
+            libc::S_IFREG,
+            state(None, Some(real(11, LayerRef::Lower(0)))),
+        );
+        assert!(a.opens.0.lock().is_none());
+        a.opens.lock().handles += 1;
+        assert_eq!(a.opens.lock().handles, 1);
+        assert!(a.opens.0.lock().is_some());
+        a.opens.lock().handles -= 1;
+        assert!(a.opens.0.lock().is_none(), "idle opens are freed");
+    }
+
+    #[test]
+    fn release_wakes_a_waiter_and_a_wait_times_out() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            12,
+            libc::S_IFREG,
+            state(None, Some(real(12, LayerRef::Lower(0)))),
+        );
+        let start = std::time::Instant::now();
+        {
+            let mut opens = a.opens.lock();
+            let w = a
+                .released
+                .wait_until(&mut opens, start + std::time::Duration::from_millis(50));
+            assert!(w.timed_out());
+        }
+        a.opens.lock().handles = 1;
+        let b = Arc::clone(&a);
+        let waiter = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut opens = b.opens.lock();
+            while opens.handles > 0 {
+                if b.released.wait_until(&mut opens, deadline).timed_out() {
+                    return false;
+                }
+            }
+            true
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        {
+            let mut opens = a.opens.lock();
+            opens.handles = 0;
+            a.released.notify_all();
+        }
+        assert_eq!(
+            waiter.join().ok(),
+            Some(true),
+            "the waiter missed the release"
+        );
+    }
+
+    #[test]
+    fn forgetting_most_nodes_shrinks_the_table() {
+        let t = InodeTable::new();
+        let n = 20_000u64;
+        // One descriptor for all: a node per object would run out of them.
+        let Loc::Fd(fd) = real(0, LayerRef::Lower(0)).loc else {
+            panic!("the fixture holds a descriptor");
+        };
+        for i in 0..n {
+            let r = Real {
+                loc: Loc::Fd(Arc::clone(&fd)),
+                layer: LayerRef::Lower(0),
+                dev: 1,
+                ino: 1000 + i,
+            };
+            t.get_or_insert(1000 + i, libc::S_IFREG, state(None, Some(r)));
+        }
+        let full = t.capacity();
+        assert!(full >= n as usize);
+        for i in 0..n - 100 {
+            t.forget(1000 + i, 1);
+        }
+        assert_eq!(t.len(), 100);
+        assert!(
+            t.by_object.len() == 100,
+            "{} objects left",
+            t.by_object.len()
+        );
+        // The shrink runs on its own thread after SHRINK_DELAY.
+        let deadline = std::time::Instant::now() + SHRINK_DELAY * 10;
+        while t.capacity() * 8 > full && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            t.capacity() * 8 <= full,
+            "capacity {} of {full}",
+            t.capacity()
+        );
+        // Still a working table after the shrink.
+        assert!(t.get(1000 + n - 1).is_some());
+        t.forget(1000 + n - 1, 1);
+        assert!(t.get(1000 + n - 1).is_none());
     }
 }

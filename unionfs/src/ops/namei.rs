@@ -714,7 +714,9 @@ impl UnionFs {
                 trace::quote(std::os::unix::ffi::OsStrExt::from_bytes(&value[..]))
             ));
         }
-        node.state.write().set_redirect(Some(OsString::from_vec(value)));
+        node.state
+            .write()
+            .set_redirect(Some(OsString::from_vec(value)));
         Ok(())
     }
 
@@ -741,7 +743,9 @@ impl UnionFs {
             let (part, parent) = {
                 let st = cur.state.read();
                 (
-                    st.redirect().cloned().unwrap_or_else(|| st.name.to_os_string()),
+                    st.redirect()
+                        .cloned()
+                        .unwrap_or_else(|| st.name.to_os_string()),
                     st.parent,
                 )
             };
