@@ -523,7 +523,10 @@ fn copy_meta_xattrs(fs: &UnionFs, src: &Real, st: &FileStat, dst: &XPath) -> Res
     copy_xattrs(fs, &src.xpath()?, dst)?;
     // Without an index the kernel records no origin for a lower hard link: the copy of one
     // name is a file of its own, with the upper inode number.
-    if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
+    if let (Some(i), true) = (
+        src.layer.lower_index(),
+        kind == libc::S_IFDIR || st.st_nlink == 1,
+    ) {
         let origin = fs
             .layers
             .lowers

@@ -361,7 +361,7 @@ pub fn resolve(
     while !d.stop && i < stack.len() {
         let pl = &stack[i];
         i += 1;
-        let LayerRef::Lower(idx) = pl.layer else {
+        let Some(idx) = pl.layer.lower_index() else {
             continue;
         };
         let last = if redirects.follow {
@@ -465,7 +465,10 @@ pub fn resolve(
 pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
     match l {
         LayerRef::Upper => 0,
-        LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
+        LayerRef::Lower(_) => l
+            .lower_index()
+            .and_then(|i| layers.lowers.get(i))
+            .map_or(0, |l| l.fsid),
     }
 }
 

@@ -179,7 +179,7 @@ impl UnionFs {
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
-            roots.push(root_of(fd, LayerRef::Lower(i))?);
+            roots.push(root_of(fd, LayerRef::lower(i))?);
         }
         let mut lowers = Vec::new();
         if !opaque {
@@ -243,7 +243,8 @@ impl UnionFs {
     /// A read-only clone of lower layer `i`'s mount, made at first use (see
     /// `backing_file`); an error when it cannot be made (then lower files are not
     /// passed through).
-    pub fn readonly_lower(&self, i: usize) -> std::io::Result<BorrowedFd<'_>> {
+    pub fn readonly_lower(&self, i: u32) -> std::io::Result<BorrowedFd<'_>> {
+        let i = usize::try_from(i).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let slot = self
             .readonly_lowers
             .get(i)
@@ -373,7 +374,7 @@ impl UnionFs {
         let (Some(u), Some(l)) = (&found.upper, found.lowers.first()) else {
             return;
         };
-        let LayerRef::Lower(i) = l.layer else {
+        let Some(i) = l.layer.lower_index() else {
             return;
         };
         let Some(record) = self
