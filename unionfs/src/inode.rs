@@ -647,6 +647,8 @@ pub struct InodeTable {
     count: std::sync::atomic::AtomicUsize,
     /// A shrink is scheduled (at most one at a time).
     shrinking: Arc<std::sync::atomic::AtomicBool>,
+    /// The directory descriptor cache, purged with the table (see `DirCache::purge`).
+    dirs: Arc<std::sync::OnceLock<Arc<crate::dirfd::DirCache>>>,
 }
 
 impl InodeTable {
@@ -800,13 +802,14 @@ impl InodeTable {
         }
         let (map, by_object) = (Arc::downgrade(&self.map), Arc::downgrade(&self.by_object));
         let (peak, shrinking) = (Arc::clone(&self.peak), Arc::clone(&self.shrinking));
+        let dirs = Arc::clone(&self.dirs);
         let spawned = std::thread::Builder::new()
             .name("unionfs-shrink".into())
             .spawn(move || {
                 std::thread::sleep(SHRINK_DELAY);
                 // The table is gone (unmounted): nothing to give back.
                 if let (Some(map), Some(by_object)) = (map.upgrade(), by_object.upgrade()) {
-                    shrink(&map, &by_object, &peak);
+                    shrink(&map, &by_object, &peak, dirs.get());
                 }
                 shrinking.store(false, Ordering::Release);
             });
@@ -819,7 +822,12 @@ impl InodeTable {
     /// Shrinks the maps to what they hold and returns free heap to the system, now (see
     /// `maybe_shrink`, which schedules it).
     pub fn shrink(&self) {
-        shrink(&self.map, &self.by_object, &self.peak);
+        shrink(&self.map, &self.by_object, &self.peak, self.dirs.get());
+    }
+
+    /// The directory descriptor cache to purge when the table shrinks.
+    pub fn set_dir_cache(&self, dirs: Arc<crate::dirfd::DirCache>) {
+        let _ = self.dirs.set(dirs);
     }
 
     /// The capacity of the node map (for tests of `shrink`).
@@ -840,10 +848,19 @@ fn shrink(
     map: &DashMap<u64, Arc<Inode>>,
     by_object: &DashMap<(u64, u64), u64>,
     peak: &std::sync::atomic::AtomicUsize,
+    dirs: Option<&Arc<crate::dirfd::DirCache>>,
 ) {
     // One shard at a time under its write lock: requests on other shards go on.
     map.shrink_to_fit();
     by_object.shrink_to_fit();
+    if let Some(d) = dirs {
+        d.purge();
+    }
+    log::debug!(
+        "inode table shrunk: {} nodes, {} objects",
+        map.len(),
+        by_object.len()
+    );
     peak.store(map.len(), Ordering::Relaxed);
     crate::sys::heap::trim();
 }

@@ -146,6 +146,7 @@ impl UnionFs {
         let passthrough = config.passthrough != Passthrough::Off;
         let layers_count = layers.lowers.len();
         let dirs = DirCache::new(dir_budget(config.dir_fd_budget));
+        inodes.set_dir_cache(Arc::clone(&dirs));
         let root_of = |fd: OwnedFd, layer: LayerRef| -> Result<Real> {
             let st = fstat_fd(fd.as_fd())?;
             Ok(Real {

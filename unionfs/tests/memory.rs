@@ -1,4 +1,4 @@
-//! The daemon's memory for a large cached tree (issue 13): a walk over 50,000 lower files
+//! The daemon's memory for a large cached tree (issue 13): a walk over 100,000 lower files
 //! must cost at most about what fuse-overlayfs 1.10 spends per cached inode, and once the
 //! kernel forgets the inodes (`drop_caches`) the daemon must give nearly all of it back.
 //!
@@ -14,15 +14,18 @@ use std::time::Duration;
 
 use common::*;
 
-const DIRS: usize = 250;
-const FILES_PER_DIR: usize = 200;
+/// 100,000 files: what the daemon keeps after giving memory back is about 1 MB whatever
+/// the tree (code pages of libc touched meanwhile, heap pages pinned by a live allocation
+/// each), so a tree much smaller would measure that rather than the give-back.
+const DIRS: usize = 400;
+const FILES_PER_DIR: usize = 250;
 
-/// fuse-overlayfs 1.10 (Debian's) holds 59 MB after a `find -ls` over 200,000 lower files
-/// on this machine: 303 bytes per cached inode with its node, its hash tables, its names
-/// and its descriptors. unionfs holds 296 there. The bound leaves ~6% over 1.10's figure
-/// for RSS counting whole pages and for hash tables that double (at 50,000 nodes their
-/// fill is not the 200,000-node one); the starting code needed 1,256 bytes.
-const MAX_BYTES_PER_NODE: u64 = 320;
+/// fuse-overlayfs 1.10 (Debian's) grows by 59 MB in a `find -ls` over 200,000 lower files
+/// on this machine: 303 bytes per cached inode, with its node, its hash tables, its names
+/// and its descriptors (the bench's `walk-200k` says 307). The bound is that figure: issue
+/// 13 asks for no more than 1.10 spends. unionfs needs about 285 here (280 at 200,000, the
+/// hash tables' fill differing with the count); the starting code needed 1,259.
+const MAX_BYTES_PER_NODE: u64 = 303;
 
 /// What is left above the idle daemon a few seconds after the kernel forgot the tree, as
 /// a fraction of what the walk added (issue 13: at most a tenth).
@@ -124,7 +127,7 @@ fn walk_costs_little_and_drop_caches_gives_it_back() {
     let s = Scratch::new("memory");
     s.mkdirs(&["u", "w", "m"]);
     for d in 0..DIRS {
-        let dir = s.path(&format!("l/d{:02}/s{d:03}", d % 10));
+        let dir = s.path(&format!("l/d{:02}/s{d:03}", d % 20));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
         for f in 0..FILES_PER_DIR {
             fs::File::create(dir.join(format!("file-{f:04}")))
@@ -138,7 +141,7 @@ fn walk_costs_little_and_drop_caches_gives_it_back() {
     let idle = rss_kb(pid);
 
     let nodes = walk(&s.path("m"));
-    assert_eq!(nodes as usize, DIRS * FILES_PER_DIR + DIRS + 10);
+    assert_eq!(nodes as usize, DIRS * FILES_PER_DIR + DIRS + 20);
     let walked = rss_kb(pid);
     let grown = walked.saturating_sub(idle);
     let per_node = grown * 1024 / nodes;
