@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, FchmodatFlags, FileStat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -633,9 +633,36 @@ const SHRINK_MIN: usize = 4096;
 /// tree in a burst of BATCH_FORGETs, and one shrink after the burst is enough.
 const SHRINK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A node in `InodeTable::map`, hashed and compared by its number (which never changes):
+/// a set of nodes found by their own `ino` spares the copy of the key that a map from
+/// numbers to nodes keeps in every slot.
+#[derive(Debug)]
+struct Node(Arc<Inode>);
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Node) -> bool {
+        self.0.ino == other.0.ino
+    }
+}
+
+impl Eq for Node {}
+
+impl std::hash::Hash for Node {
+    // As `u64`'s own, so that a `&u64` finds the node (`Borrow`).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.ino.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<u64> for Node {
+    fn borrow(&self) -> &u64 {
+        &self.0.ino
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct InodeTable {
-    map: Arc<DashMap<u64, Arc<Inode>>>,
+    map: Arc<DashSet<Node>>,
     /// The node showing each real object, by the object's (st_dev, st_ino): the upper
     /// one, else the first lower one (see `get_or_insert`).
     by_object: Arc<DashMap<(u64, u64), u64>>,
@@ -660,7 +687,7 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        self.map.get(&ino).map(|e| Arc::clone(e.value()))
+        self.map.get(&ino).map(|n| Arc::clone(&n.key().0))
     }
 
     pub fn insert_root(&self, state: State) -> Arc<Inode> {
@@ -674,7 +701,7 @@ impl InodeTable {
             opens: OpensCell::default(),
             released: Released::default(),
         });
-        self.map.insert(ROOT, Arc::clone(&inode));
+        self.map.insert(Node(Arc::clone(&inode)));
         inode
     }
 
@@ -722,29 +749,29 @@ impl InodeTable {
         if candidate <= ROOT || candidate >= SYNTHETIC_BASE {
             candidate = self.synthetic();
         }
-        let mut state = Some(state);
+        let mut state = state;
         loop {
-            match self.map.entry(candidate) {
-                dashmap::Entry::Occupied(_) => candidate = self.synthetic(),
-                dashmap::Entry::Vacant(v) => {
-                    let Some(state) = state.take() else {
-                        continue;
-                    };
-                    let inode = Arc::new(Inode {
-                        ino: candidate,
-                        kind,
-                        lookups: AtomicU64::new(1),
-                        copyup: Mutex::new(()),
-                        state: RwLock::new(state),
-                        opens: OpensCell::default(),
-                        released: Released::default(),
-                    });
-                    v.insert(Arc::clone(&inode));
-                    let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.peak.fetch_max(n, Ordering::Relaxed);
-                    return inode;
-                }
+            let inode = Arc::new(Inode {
+                ino: candidate,
+                kind,
+                lookups: AtomicU64::new(1),
+                copyup: Mutex::new(()),
+                state: RwLock::new(state),
+                opens: OpensCell::default(),
+                released: Released::default(),
+            });
+            // Inserted only if the number is free (a set keeps the node it has).
+            if self.map.insert(Node(Arc::clone(&inode))) {
+                let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+                self.peak.fetch_max(n, Ordering::Relaxed);
+                return inode;
             }
+            // A live node has the number: the state goes into a node with a synthetic one.
+            // Nobody else has seen this node; it is dropped with the placeholder.
+            let mut st = inode.state.write();
+            let placeholder = State::new(ROOT, Arc::clone(&st.name), None, Lowers::None);
+            state = std::mem::replace(&mut *st, placeholder);
+            candidate = self.synthetic();
         }
     }
 
@@ -770,14 +797,14 @@ impl InodeTable {
         if ino == ROOT {
             return;
         }
-        let gone = self.map.remove_if(&ino, |_, inode| {
+        let gone = self.map.remove_if(&ino, |Node(inode)| {
             let prev = inode.lookups.fetch_sub(
                 n.min(inode.lookups.load(Ordering::Relaxed)),
                 Ordering::Relaxed,
             );
             prev <= n
         });
-        if let Some((_, inode)) = gone {
+        if let Some(Node(inode)) = gone {
             if let Some(key) = object_key(&inode.state.read()) {
                 self.by_object.remove_if(&key, |_, v| *v == ino);
             }
@@ -845,7 +872,7 @@ impl InodeTable {
 }
 
 fn shrink(
-    map: &DashMap<u64, Arc<Inode>>,
+    map: &DashSet<Node>,
     by_object: &DashMap<(u64, u64), u64>,
     peak: &std::sync::atomic::AtomicUsize,
     dirs: Option<&Arc<crate::dirfd::DirCache>>,
