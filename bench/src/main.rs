@@ -7,6 +7,7 @@
 mod cache;
 mod machine;
 mod measure;
+mod memory;
 mod mount;
 mod report;
 mod scratch;
@@ -112,6 +113,11 @@ fn help_tail() -> String {
         "  {:<18}runbox run --rm IMAGE /bin/true on each backend (kernel overlay, unionfs by FUSE):\n  {:<18}container start-up, a table of its own (needs target/release/runbox)",
         START, ""
     );
+    let _ = writeln!(
+        h,
+        "  {:<18}each FUSE daemon's VmRSS after an lstat walk over 200,000 lower files and 5 s\n  {:<18}after drop_caches (issue 13), a table of its own",
+        memory::NAME, ""
+    );
     h.push_str(
         "\nMethod:
   The lower trees are generated once per run (the same bytes every run) and shared read-only
@@ -184,10 +190,12 @@ fn run() -> Result<ExitCode, String> {
     let chosen_targets = select_targets(&mut all, &cli.targets)?;
     // `start` is measured apart from the table (see `start.rs`).
     let with_start = cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == START);
+    // So is the memory of a large walk (see `memory.rs`).
+    let with_memory = cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == memory::NAME);
     let table_names: Vec<String> = cli
         .workloads
         .iter()
-        .filter(|w| *w != START)
+        .filter(|w| *w != START && *w != memory::NAME)
         .cloned()
         .collect();
     let chosen_workloads = if !cli.workloads.is_empty() && table_names.is_empty() {
@@ -342,6 +350,11 @@ fn run() -> Result<ExitCode, String> {
     } else {
         Some(Vec::new())
     };
+    let memory_ok = if with_memory {
+        measure_memory(&report.measured, &mut scratch, cli.quick)
+    } else {
+        true
+    };
     if let Some(path) = &cli.json {
         std::fs::write(path, report::json(&report)?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -364,11 +377,70 @@ fn run() -> Result<ExitCode, String> {
         eprintln!("bench: {failed} workload-target cells failed (see Errors in the report)");
         return Ok(ExitCode::FAILURE);
     }
+    if !memory_ok {
+        eprintln!(
+            "bench: the walk's memory could not be measured on every target (see the report)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if start_rows.is_none() {
         eprintln!("bench: the container start-up could not be measured (see the report)");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `walk-200k` table (see `memory.rs`) for the FUSE targets among `targets`, printed;
+/// false when a target could not be measured (the table says why).
+fn measure_memory(targets: &[&Target], scratch: &mut Scratch, quick: bool) -> bool {
+    let made = scratch
+        .fresh_dir()
+        .map_err(|e| format!("cannot make a scratch directory: {e}"))
+        .and_then(|lower| {
+            eprintln!("bench: {}: generating its lower tree", memory::NAME);
+            let files = memory::generate(&lower, quick)
+                .map_err(|e| format!("cannot generate the tree: {e}"))?;
+            Ok((lower, files))
+        });
+    let (lower, files) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            println!("\nDaemon memory ({}): failed: {e}", memory::NAME);
+            return false;
+        }
+    };
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for t in targets.iter().filter(|t| t.is_fuse()) {
+        if signals::stop_requested() {
+            return false;
+        }
+        eprintln!("bench: {} on {}", memory::NAME, t.name);
+        let row = scratch
+            .fresh_dir()
+            .map_err(|e| format!("cannot make a scratch directory: {e}"))
+            .and_then(|dir| {
+                let row = memory::measure(t, &lower, &dir);
+                scratch.remove(&dir)?;
+                row
+            });
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                println!(
+                    "\nDaemon memory ({}) on {}: failed: {e}",
+                    memory::NAME,
+                    t.name
+                );
+                ok = false;
+            }
+        }
+    }
+    print!("{}", memory::markdown(&rows, files));
+    if let Err(e) = scratch.remove(&lower) {
+        eprintln!("bench: {e}");
+    }
+    ok
 }
 
 /// Indices into `all` of the targets asked for, in the catalog's order (the table's columns),

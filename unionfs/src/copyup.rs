@@ -83,7 +83,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
                 trace_data_copy_up(fs, inode, &u, data, &timer);
             }
         }
-        return Ok(u);
+        return Ok(*u);
     }
     fs.check_writable()?;
     let parent_ino = inode.state.read().parent;
@@ -98,7 +98,7 @@ pub fn ensure_upper(fs: &UnionFs, inode: &Arc<Inode>, data: Data) -> Result<Real
     let (name, src, data_src) = {
         let st = inode.state.read();
         if let Some(u) = &st.upper {
-            return Ok(u.clone());
+            return Ok(Real::clone(u));
         }
         if st.unlinked {
             // Its name was removed (by a request that resolved it before the unlink):
@@ -296,8 +296,8 @@ fn copy_up_one(
         }
     };
     state.metacopy = inode.kind == libc::S_IFREG && metadata_only(fs, data);
-    state.upper = Some(upper.clone());
-    let aliases = std::mem::take(&mut state.aliases);
+    state.upper = Some(Box::new(upper.clone()));
+    let aliases = state.take_aliases();
     drop(state);
     fs.inodes.shows_upper(inode, Some((src.dev, src.ino)), key);
     let (at, mt) = (
@@ -336,7 +336,7 @@ pub fn upper_real(
         };
         Loc::Dir(DirRef::child(dir, name, Some(fd)))
     } else {
-        Loc::At(Arc::clone(dir), name.to_os_string())
+        Loc::At(Arc::clone(dir), crate::inode::name_of(name))
     };
     Ok(Real {
         loc,
@@ -523,7 +523,10 @@ fn copy_meta_xattrs(fs: &UnionFs, src: &Real, st: &FileStat, dst: &XPath) -> Res
     copy_xattrs(fs, &src.xpath()?, dst)?;
     // Without an index the kernel records no origin for a lower hard link: the copy of one
     // name is a file of its own, with the upper inode number.
-    if let (LayerRef::Lower(i), true) = (src.layer, kind == libc::S_IFDIR || st.st_nlink == 1) {
+    if let (Some(i), true) = (
+        src.layer.lower_index(),
+        kind == libc::S_IFDIR || st.st_nlink == 1,
+    ) {
         let origin = fs
             .layers
             .lowers

@@ -61,6 +61,16 @@ impl DirCache {
         }
     }
 
+    /// Drops the entries of directories that are gone. A `Weak` keeps its directory's
+    /// allocation (not its contents) alive: after the kernel forgot a large tree, the dead
+    /// entries would pin one scattered heap page each, which `malloc_trim` cannot return.
+    pub fn purge(&self) {
+        let mut clock = self.entries.lock();
+        clock.ring.retain(|w| w.strong_count() > 0);
+        clock.ring.shrink_to_fit();
+        clock.hand = 0;
+    }
+
     /// Closes descriptors not used since the hand last passed, until a tenth of the
     /// budget is free again. Descriptors in use elsewhere stay open until their users
     /// let go (they hold an `Arc`).

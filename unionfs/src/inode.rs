@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, FchmodatFlags, FileStat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -33,7 +33,35 @@ const SYNTHETIC_BASE: u64 = 1 << 63;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerRef {
     Upper,
-    Lower(usize),
+    /// The index in `Layers::lowers`. A `u32`, not a `usize`: every cached node holds up
+    /// to two of these inline, and a 4-byte index makes a `Real` 56 bytes instead of 64
+    /// (the kernel allows 500 lower layers).
+    Lower(u32),
+}
+
+impl LayerRef {
+    /// Lower layer `i` of `Layers::lowers`; `Layers` never holds more than a `u32` counts.
+    pub fn lower(i: usize) -> LayerRef {
+        LayerRef::Lower(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    /// The index of a lower layer in `Layers::lowers`.
+    pub fn lower_index(self) -> Option<usize> {
+        match self {
+            LayerRef::Upper => None,
+            LayerRef::Lower(i) => usize::try_from(i).ok(),
+        }
+    }
+}
+
+/// A name as nodes keep it: one allocation shared by the node's `State::name` and its
+/// real object's `Loc::At` (they are the same name unless a redirect or a rename made
+/// them differ), since a name per copy was a fifth of a cached node's memory.
+pub type Name = Arc<OsStr>;
+
+/// A `Name` for `name`.
+pub fn name_of(name: &OsStr) -> Name {
+    Arc::from(name)
 }
 
 /// Where a real object is reached. A directory is a `DirRef` (its descriptor opened on
@@ -43,7 +71,7 @@ pub enum LayerRef {
 #[derive(Clone, Debug)]
 pub enum Loc {
     Dir(Arc<DirRef>),
-    At(Arc<DirRef>, OsString),
+    At(Arc<DirRef>, Name),
     Fd(Arc<OwnedFd>),
 }
 
@@ -59,7 +87,7 @@ pub struct Real {
 /// A descriptor for one use: the object's own, or its parent's with its name.
 enum Handle {
     Own(Arc<OwnedFd>),
-    In(Arc<OwnedFd>, OsString),
+    In(Arc<OwnedFd>, Name),
 }
 
 impl Real {
@@ -102,7 +130,7 @@ impl Real {
                 // on another object that took the name (a whiteout, a file renamed over it).
                 let fd = match nix::fcntl::openat(
                     d.fd()?.as_fd(),
-                    name.as_os_str(),
+                    &**name,
                     OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 ) {
@@ -113,7 +141,7 @@ impl Real {
                 self.check_same(&fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?)?;
                 Handle::Own(Arc::new(fd))
             }
-            Loc::At(d, name) => Handle::In(d.fd()?, name.clone()),
+            Loc::At(d, name) => Handle::In(d.fd()?, Arc::clone(name)),
         })
     }
 
@@ -128,11 +156,7 @@ impl Real {
     pub fn stat(&self) -> Result<FileStat> {
         if let (true, Loc::At(d, name)) = (self.by_upper_name(), &self.loc) {
             // One call, checked after the fact: a stat has no effect to undo.
-            let st = match fstatat(
-                d.fd()?.as_fd(),
-                name.as_os_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
+            let st = match fstatat(d.fd()?.as_fd(), &**name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(nix::errno::Errno::ENOENT) => return Err(Errno::ESTALE),
                 Err(e) => return Err(e.into()),
@@ -142,9 +166,7 @@ impl Real {
         }
         Ok(match self.handle()? {
             Handle::Own(fd) => fstatat(fd.as_fd(), "", AtFlags::AT_EMPTY_PATH)?,
-            Handle::In(dir, name) => {
-                fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?
-            }
+            Handle::In(dir, name) => fstatat(dir.as_fd(), &*name, AtFlags::AT_SYMLINK_NOFOLLOW)?,
         })
     }
 
@@ -156,9 +178,7 @@ impl Real {
                 let path = crate::sys::fsops::proc_fd_path(fd.as_fd());
                 nix::fcntl::open(path.as_c_str(), flags - OFlag::O_NOFOLLOW, Mode::empty())?
             }
-            Handle::In(dir, name) => {
-                nix::fcntl::openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty())?
-            }
+            Handle::In(dir, name) => nix::fcntl::openat(dir.as_fd(), &*name, flags, Mode::empty())?,
         };
         Ok(File::from(fd))
     }
@@ -166,7 +186,7 @@ impl Real {
     pub fn readlink(&self) -> Result<OsString> {
         Ok(match self.handle()? {
             Handle::Own(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
-            Handle::In(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), name.as_os_str())?,
+            Handle::In(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), &*name)?,
         })
     }
 
@@ -176,13 +196,9 @@ impl Real {
             Handle::Own(fd) => {
                 nix::unistd::fchownat(fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?
             }
-            Handle::In(dir, name) => nix::unistd::fchownat(
-                dir.as_fd(),
-                name.as_os_str(),
-                uid,
-                gid,
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?,
+            Handle::In(dir, name) => {
+                nix::unistd::fchownat(dir.as_fd(), &*name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?
+            }
         }
         Ok(())
     }
@@ -200,12 +216,9 @@ impl Real {
                     FchmodatFlags::FollowSymlink,
                 )?
             }
-            Handle::In(dir, name) => nix::sys::stat::fchmodat(
-                dir.as_fd(),
-                name.as_os_str(),
-                mode,
-                FchmodatFlags::FollowSymlink,
-            )?,
+            Handle::In(dir, name) => {
+                nix::sys::stat::fchmodat(dir.as_fd(), &*name, mode, FchmodatFlags::FollowSymlink)?
+            }
         }
         Ok(())
     }
@@ -225,7 +238,7 @@ impl Real {
             }
             Handle::In(dir, name) => nix::sys::stat::utimensat(
                 dir.as_fd(),
-                name.as_os_str(),
+                &*name,
                 atime,
                 mtime,
                 UtimensatFlags::NoFollowSymlink,
@@ -247,9 +260,7 @@ impl Real {
                     AtFlags::AT_SYMLINK_FOLLOW,
                 )?
             }
-            Handle::In(d, n) => {
-                nix::unistd::linkat(d.as_fd(), n.as_os_str(), dir, name, AtFlags::empty())?
-            }
+            Handle::In(d, n) => nix::unistd::linkat(d.as_fd(), &*n, dir, name, AtFlags::empty())?,
         }
         Ok(())
     }
@@ -271,7 +282,7 @@ impl Real {
         if let Loc::At(dir, name) = &self.loc {
             let fd = nix::fcntl::openat(
                 dir.fd()?.as_fd(),
-                name.as_os_str(),
+                &**name,
                 OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
@@ -281,35 +292,144 @@ impl Real {
     }
 }
 
+/// A node's lower objects: a directory's merge stack below the upper (top-down, stopping
+/// at an opaque one); for any other type, the lower object it came from and, for a
+/// metadata-only copy, its data. Almost always one or none, so one is kept inline and
+/// only a merge of several lower directories takes an allocation of its own.
+#[derive(Clone, Debug, Default)]
+pub enum Lowers {
+    #[default]
+    None,
+    One(Real),
+    Many(Box<[Real]>),
+}
+
+impl std::ops::Deref for Lowers {
+    type Target = [Real];
+    fn deref(&self) -> &[Real] {
+        match self {
+            Lowers::None => &[],
+            Lowers::One(r) => std::slice::from_ref(r),
+            Lowers::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Lowers {
+    type Item = &'a Real;
+    type IntoIter = std::slice::Iter<'a, Real>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<Real>> for Lowers {
+    fn from(mut v: Vec<Real>) -> Lowers {
+        match v.len() {
+            0 => Lowers::None,
+            1 => v.pop().map_or(Lowers::None, Lowers::One),
+            // `into_boxed_slice` drops any spare capacity: a Vec grown by pushes keeps up
+            // to twice what it holds, for the node's whole life.
+            _ => Lowers::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
+impl FromIterator<Real> for Lowers {
+    fn from_iter<I: IntoIterator<Item = Real>>(iter: I) -> Lowers {
+        Lowers::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// What few nodes have, kept out of line so that the others pay one word for it.
+#[derive(Debug, Default)]
+struct Rare {
+    redirect: Option<OsString>,
+    aliases: Vec<(u64, OsString)>,
+}
+
 #[derive(Debug)]
 pub struct State {
     pub parent: u64,
-    pub name: OsString,
-    pub upper: Option<Real>,
-    /// A directory's merge stack below the upper (top-down, stopping at an opaque one);
-    /// for any other type, the lower object it came from (at most one).
-    pub lowers: Vec<Real>,
+    pub name: Name,
+    /// Boxed: most cached nodes are lower objects a walk found, and a `Real` inline
+    /// would cost them 64 bytes for nothing.
+    pub upper: Option<Box<Real>>,
+    /// See `Lowers`.
+    pub lowers: Lowers,
     /// The upper directory is known to carry the impure marker.
     pub impure: bool,
-    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
-    /// read by lookup from the upper directory, set when a rename writes one. A rename
-    /// that needs an absolute redirect builds it from these and the ancestors' names.
-    pub redirect: Option<OsString>,
     /// A regular file whose upper copy (or top lower file) holds its metadata only
     /// (`*.overlay.metacopy`): its data is the last lower file's.
     pub metacopy: bool,
     /// The name was removed from the union; the node lives on while the kernel holds it.
     pub unlinked: bool,
-    /// Other names that reached the same lower hard link (and so the same node, the kernel
-    /// showing one inode number for them, as the kernel's overlay does). A copy-up breaks
-    /// the link, as there: those names must then be looked up again.
-    pub aliases: Vec<(u64, OsString)>,
+    /// The redirect and the aliases (see `redirect` and `aliases`).
+    rare: Option<Box<Rare>>,
 }
 
 impl State {
+    /// A node's state as a lookup or a create finds it: nothing unlinked, no redirect,
+    /// no alias.
+    pub fn new(parent: u64, name: Name, upper: Option<Real>, lowers: Lowers) -> State {
+        State {
+            parent,
+            name,
+            upper: upper.map(Box::new),
+            lowers,
+            impure: false,
+            metacopy: false,
+            unlinked: false,
+            rare: None,
+        }
+    }
+
+    /// A directory's redirect (`*.overlay.redirect`, as the kernel keeps it in its inode):
+    /// read by lookup from the upper directory, set when a rename writes one. A rename
+    /// that needs an absolute redirect builds it from these and the ancestors' names.
+    pub fn redirect(&self) -> Option<&OsString> {
+        self.rare.as_ref().and_then(|r| r.redirect.as_ref())
+    }
+
+    pub fn set_redirect(&mut self, redirect: Option<OsString>) {
+        if redirect.is_none() && self.rare.is_none() {
+            return;
+        }
+        self.rare.get_or_insert_with(Box::default).redirect = redirect;
+        self.drop_empty_rare();
+    }
+
+    /// Other names that reached the same lower hard link (and so the same node, the kernel
+    /// showing one inode number for them, as the kernel's overlay does). A copy-up breaks
+    /// the link, as there: those names must then be looked up again.
+    pub fn aliases(&self) -> &[(u64, OsString)] {
+        self.rare.as_ref().map_or(&[], |r| &r.aliases)
+    }
+
+    /// Takes the aliases (a copy-up broke the link).
+    pub fn take_aliases(&mut self) -> Vec<(u64, OsString)> {
+        let taken = self
+            .rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.aliases))
+            .unwrap_or_default();
+        self.drop_empty_rare();
+        taken
+    }
+
+    fn drop_empty_rare(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.redirect.is_none() && r.aliases.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+
     /// The object whose attributes and data the union shows.
     pub fn real(&self) -> Option<&Real> {
-        self.upper.as_ref().or(self.lowers.first())
+        self.upper.as_deref().or(self.lowers.first())
     }
     /// The object whose data the union shows: the lower file of a metadata-only copy.
     pub fn data_real(&self) -> Option<&Real> {
@@ -330,14 +450,14 @@ pub struct Inode {
     pub ino: u64,
     /// `S_IFMT` bits; a name whose type changes gets a new node.
     pub kind: u32,
-    pub lookups: AtomicU64,
+    /// Signalled when an open of the node has been released (see `Released`).
+    pub released: Released,
     /// Held while this node is copied up, so that one copy-up runs at a time per node.
     pub copyup: Mutex<()>,
+    pub lookups: AtomicU64,
     pub state: RwLock<State>,
     /// The node's open files, which decide how a new open may serve its data.
-    pub opens: Mutex<Opens>,
-    /// Signalled when an open of the node has been released.
-    pub released: parking_lot::Condvar,
+    pub opens: OpensCell,
 }
 
 /// The kernel's rules for the opens of one inode: either all pass through to one backing
@@ -352,12 +472,114 @@ pub struct Opens {
     pub backing: Option<Backing>,
 }
 
+impl Opens {
+    fn is_idle(&self) -> bool {
+        self.handles == 0 && self.cached == 0 && self.backing.is_none()
+    }
+}
+
 #[derive(Debug)]
 pub struct Backing {
     pub real: (u64, u64),
     /// The backing file is in a lower layer (`passthrough=all`).
     pub lower: bool,
     pub id: std::sync::Weak<crate::backing::Backing>,
+}
+
+/// A node's `Opens`, allocated only while it has some: most cached nodes are never opened,
+/// and the 48 bytes inline were a sixth of a node.
+#[derive(Debug, Default)]
+pub struct OpensCell(Mutex<Option<Box<Opens>>>);
+
+/// What a node with no open files has.
+static NO_OPENS: Opens = Opens {
+    handles: 0,
+    cached: 0,
+    backing: None,
+};
+
+impl OpensCell {
+    pub fn lock(&self) -> OpensGuard<'_> {
+        OpensGuard(self.0.lock())
+    }
+}
+
+/// The locked `Opens` of a node; frees them when they are back to none.
+pub struct OpensGuard<'a>(parking_lot::MutexGuard<'a, Option<Box<Opens>>>);
+
+impl std::ops::Deref for OpensGuard<'_> {
+    type Target = Opens;
+    fn deref(&self) -> &Opens {
+        self.0.as_deref().unwrap_or(&NO_OPENS)
+    }
+}
+
+impl std::ops::DerefMut for OpensGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Opens {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Drop for OpensGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.as_ref().is_some_and(|o| o.is_idle()) {
+            *self.0 = None;
+        }
+    }
+}
+
+/// The end of a `Released::wait_until`.
+#[derive(Clone, Copy, Debug)]
+pub struct Waited {
+    timed_out: bool,
+}
+
+impl Waited {
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+}
+
+/// A node's "an open was released" signal, without a condition variable per node (a
+/// word each, for a wait that only `passthrough=all` write opens ever do): a count that
+/// the releaser bumps under the node's `opens` lock, and one condition variable shared by
+/// all nodes that waiters sleep on until the count moves. The count is read under the
+/// `opens` lock and checked again under the shared mutex before sleeping, and the
+/// releaser takes the shared mutex to notify after bumping it: a release between a
+/// waiter's check of `Opens` and its sleep is never missed. Other nodes' releases wake a
+/// waiter for nothing; it sleeps again. The count is 16 bits (it fits beside `kind`): a
+/// waiter would miss a release only if exactly 65,536 releases of its node came between
+/// its check and its sleep, and its deadline would still end the wait.
+#[derive(Debug, Default)]
+pub struct Released(std::sync::atomic::AtomicU16);
+
+static RELEASED: (Mutex<()>, parking_lot::Condvar) = (Mutex::new(()), parking_lot::Condvar::new());
+
+impl Released {
+    /// Sleeps until a release of this node is signalled or `deadline` passes, with the
+    /// node's `opens` unlocked meanwhile (as `Condvar::wait_until`). The caller holds
+    /// `opens`, checks its condition again on return, as with any condition variable.
+    pub fn wait_until(&self, opens: &mut OpensGuard<'_>, deadline: std::time::Instant) -> Waited {
+        let seen = self.0.load(Ordering::Acquire);
+        let mut timed_out = false;
+        parking_lot::MutexGuard::unlocked(&mut opens.0, || {
+            let mut shared = RELEASED.0.lock();
+            while self.0.load(Ordering::Acquire) == seen {
+                if RELEASED.1.wait_until(&mut shared, deadline).timed_out() {
+                    timed_out = true;
+                    break;
+                }
+            }
+        });
+        Waited { timed_out }
+    }
+
+    /// Wakes the waiters of this node; called with the node's `opens` locked.
+    pub fn notify_all(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        let _shared = RELEASED.0.lock();
+        RELEASED.1.notify_all();
+    }
 }
 
 impl Inode {
@@ -390,12 +612,13 @@ fn reuse(inode: &Inode, found: State) {
     // A hard link may be reached through another name: remember the latest one, the one a
     // copy-up would use.
     if !inode.is_dir() && (st.parent != found.parent || st.name != found.name) {
-        let old = (st.parent, std::mem::take(&mut st.name));
-        if !st.aliases.contains(&old) {
-            st.aliases.push(old);
+        let old = (st.parent, st.name.to_os_string());
+        let rare = st.rare.get_or_insert_with(Box::default);
+        if !rare.aliases.contains(&old) {
+            rare.aliases.push(old);
         }
-        st.aliases
-            .retain(|a| a.0 != found.parent || a.1 != found.name);
+        rare.aliases
+            .retain(|a| a.0 != found.parent || *a.1 != *found.name);
         st.parent = found.parent;
         st.name = found.name;
     }
@@ -404,26 +627,67 @@ fn reuse(inode: &Inode, found: State) {
     }
 }
 
+/// Below this many nodes the table is not worth shrinking (see `InodeTable::forget`).
+const SHRINK_MIN: usize = 4096;
+/// How long a shrink waits after the forget that asked for it: the kernel forgets a large
+/// tree in a burst of BATCH_FORGETs, and one shrink after the burst is enough.
+const SHRINK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A node in `InodeTable::map`, hashed and compared by its number (which never changes):
+/// a set of nodes found by their own `ino` spares the copy of the key that a map from
+/// numbers to nodes keeps in every slot.
+#[derive(Debug)]
+struct Node(Arc<Inode>);
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Node) -> bool {
+        self.0.ino == other.0.ino
+    }
+}
+
+impl Eq for Node {}
+
+impl std::hash::Hash for Node {
+    // As `u64`'s own, so that a `&u64` finds the node (`Borrow`).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.ino.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<u64> for Node {
+    fn borrow(&self) -> &u64 {
+        &self.0.ino
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct InodeTable {
-    map: DashMap<u64, Arc<Inode>>,
+    map: Arc<DashSet<Node>>,
     /// The node showing each real object, by the object's (st_dev, st_ino): the upper
     /// one, else the first lower one (see `get_or_insert`).
-    by_object: DashMap<(u64, u64), u64>,
+    by_object: Arc<DashMap<(u64, u64), u64>>,
     next_synthetic: AtomicU64,
+    /// The most nodes held since the last shrink; a table that fell well below it has
+    /// spare capacity (and free heap) to give back.
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many nodes the map holds, without `DashMap::len`'s walk over every shard.
+    count: std::sync::atomic::AtomicUsize,
+    /// A shrink is scheduled (at most one at a time).
+    shrinking: Arc<std::sync::atomic::AtomicBool>,
+    /// The directory descriptor cache, purged with the table (see `DirCache::purge`).
+    dirs: Arc<std::sync::OnceLock<Arc<crate::dirfd::DirCache>>>,
 }
 
 impl InodeTable {
     pub fn new() -> Self {
         InodeTable {
-            map: DashMap::new(),
-            by_object: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            ..InodeTable::default()
         }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        self.map.get(&ino).map(|e| Arc::clone(e.value()))
+        self.map.get(&ino).map(|n| Arc::clone(&n.key().0))
     }
 
     pub fn insert_root(&self, state: State) -> Arc<Inode> {
@@ -434,10 +698,10 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             copyup: Mutex::new(()),
             state: RwLock::new(state),
-            opens: Mutex::new(Opens::default()),
-            released: parking_lot::Condvar::new(),
+            opens: OpensCell::default(),
+            released: Released::default(),
         });
-        self.map.insert(ROOT, Arc::clone(&inode));
+        self.map.insert(Node(Arc::clone(&inode)));
         inode
     }
 
@@ -458,7 +722,8 @@ impl InodeTable {
                 if let Some(existing) = self.get(*e.get()) {
                     let same = existing.kind == kind && {
                         let st = existing.state.read();
-                        !st.unlinked && same_object(&st, state.upper.as_ref(), state.lowers.first())
+                        !st.unlinked
+                            && same_object(&st, state.upper.as_deref(), state.lowers.first())
                     };
                     if same {
                         drop(e);
@@ -484,27 +749,29 @@ impl InodeTable {
         if candidate <= ROOT || candidate >= SYNTHETIC_BASE {
             candidate = self.synthetic();
         }
-        let mut state = Some(state);
+        let mut state = state;
         loop {
-            match self.map.entry(candidate) {
-                dashmap::Entry::Occupied(_) => candidate = self.synthetic(),
-                dashmap::Entry::Vacant(v) => {
-                    let Some(state) = state.take() else {
-                        continue;
-                    };
-                    let inode = Arc::new(Inode {
-                        ino: candidate,
-                        kind,
-                        lookups: AtomicU64::new(1),
-                        copyup: Mutex::new(()),
-                        state: RwLock::new(state),
-                        opens: Mutex::new(Opens::default()),
-                        released: parking_lot::Condvar::new(),
-                    });
-                    v.insert(Arc::clone(&inode));
-                    return inode;
-                }
+            let inode = Arc::new(Inode {
+                ino: candidate,
+                kind,
+                lookups: AtomicU64::new(1),
+                copyup: Mutex::new(()),
+                state: RwLock::new(state),
+                opens: OpensCell::default(),
+                released: Released::default(),
+            });
+            // Inserted only if the number is free (a set keeps the node it has).
+            if self.map.insert(Node(Arc::clone(&inode))) {
+                let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+                self.peak.fetch_max(n, Ordering::Relaxed);
+                return inode;
             }
+            // A live node has the number: the state goes into a node with a synthetic one.
+            // Nobody else has seen this node; it is dropped with the placeholder.
+            let mut st = inode.state.write();
+            let placeholder = State::new(ROOT, Arc::clone(&st.name), None, Lowers::None);
+            state = std::mem::replace(&mut *st, placeholder);
+            candidate = self.synthetic();
         }
     }
 
@@ -530,18 +797,69 @@ impl InodeTable {
         if ino == ROOT {
             return;
         }
-        let gone = self.map.remove_if(&ino, |_, inode| {
+        let gone = self.map.remove_if(&ino, |Node(inode)| {
             let prev = inode.lookups.fetch_sub(
                 n.min(inode.lookups.load(Ordering::Relaxed)),
                 Ordering::Relaxed,
             );
             prev <= n
         });
-        if let Some((_, inode)) = gone {
+        if let Some(Node(inode)) = gone {
             if let Some(key) = object_key(&inode.state.read()) {
                 self.by_object.remove_if(&key, |_, v| *v == ino);
             }
+            drop(inode);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.maybe_shrink();
         }
+    }
+
+    /// Schedules a shrink when the table holds less than a quarter of its peak: the
+    /// kernel forgot most of what a walk cached (memory pressure, `drop_caches`), and the
+    /// maps' capacity and the freed nodes' heap would otherwise stay the daemon's for
+    /// good. The shrink runs on a thread of its own, after the burst of forgets, not on
+    /// the request that noticed (it rehashes both maps and walks the allocator's arenas).
+    fn maybe_shrink(&self) {
+        let (len, peak) = (
+            self.count.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        );
+        if peak < SHRINK_MIN || len > peak / 4 || self.shrinking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (map, by_object) = (Arc::downgrade(&self.map), Arc::downgrade(&self.by_object));
+        let (peak, shrinking) = (Arc::clone(&self.peak), Arc::clone(&self.shrinking));
+        let dirs = Arc::clone(&self.dirs);
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-shrink".into())
+            .spawn(move || {
+                std::thread::sleep(SHRINK_DELAY);
+                // The table is gone (unmounted): nothing to give back.
+                if let (Some(map), Some(by_object)) = (map.upgrade(), by_object.upgrade()) {
+                    shrink(&map, &by_object, &peak, dirs.get());
+                }
+                shrinking.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the inode table's shrink: {e}");
+            self.shrinking.store(false, Ordering::Release);
+        }
+    }
+
+    /// Shrinks the maps to what they hold and returns free heap to the system, now (see
+    /// `maybe_shrink`, which schedules it).
+    pub fn shrink(&self) {
+        shrink(&self.map, &self.by_object, &self.peak, self.dirs.get());
+    }
+
+    /// The directory descriptor cache to purge when the table shrinks.
+    pub fn set_dir_cache(&self, dirs: Arc<crate::dirfd::DirCache>) {
+        let _ = self.dirs.set(dirs);
+    }
+
+    /// The capacity of the node map (for tests of `shrink`).
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
     }
 
     pub fn len(&self) -> usize {
@@ -551,6 +869,27 @@ impl InodeTable {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+fn shrink(
+    map: &DashSet<Node>,
+    by_object: &DashMap<(u64, u64), u64>,
+    peak: &std::sync::atomic::AtomicUsize,
+    dirs: Option<&Arc<crate::dirfd::DirCache>>,
+) {
+    // One shard at a time under its write lock: requests on other shards go on.
+    map.shrink_to_fit();
+    by_object.shrink_to_fit();
+    if let Some(d) = dirs {
+        d.purge();
+    }
+    log::debug!(
+        "inode table shrunk: {} nodes, {} objects",
+        map.len(),
+        by_object.len()
+    );
+    peak.store(map.len(), Ordering::Relaxed);
+    crate::sys::heap::trim();
 }
 
 /// The number `stat` shows for an object whose inode number is `ino` on the layer
@@ -583,17 +922,12 @@ mod tests {
     }
 
     fn state(upper: Option<Real>, lower: Option<Real>) -> State {
-        State {
-            parent: ROOT,
-            name: "x".into(),
+        State::new(
+            ROOT,
+            name_of(OsStr::new("x")),
             upper,
-            lowers: lower.into_iter().collect(),
-            impure: false,
-            redirect: None,
-            metacopy: false,
-            unlinked: false,
-            aliases: Vec::new(),
-        }
+            lower.into_iter().collect(),
+        )
     }
 
     #[test]
@@ -655,5 +989,177 @@ mod tests {
             state(Some(real(5, LayerRef::Upper)), None),
         );
         assert_ne!(a.ino, b.ino);
+    }
+
+    /// The layout the memory budget rests on (issue 13: about 300 bytes per cached node
+    /// all included, fuse-overlayfs 1.10's figure): a node of a lower file is one
+    /// allocation of the `Arc<Inode>` plus its name.
+    #[test]
+    fn node_layout_stays_small() {
+        use std::mem::size_of;
+        let sizes = (
+            size_of::<Inode>(),
+            size_of::<State>(),
+            size_of::<Real>(),
+            size_of::<Lowers>(),
+        );
+        eprintln!("Inode, State, Real, Lowers: {sizes:?}");
+        // 152 + the Arc's two counts + malloc's header: a 176-byte chunk; 8 more and it
+        // would be 192.
+        assert!(sizes.0 <= 152, "Inode is {} bytes", sizes.0);
+        assert!(sizes.1 <= 104, "State is {} bytes", sizes.1);
+        assert!(sizes.2 <= 56, "Real is {} bytes", sizes.2);
+        assert!(sizes.3 <= sizes.2, "Lowers is {} bytes", sizes.3);
+        assert_eq!(size_of::<Option<Box<Real>>>(), 8);
+        assert_eq!(size_of::<OpensCell>(), 16);
+    }
+
+    #[test]
+    fn lowers_keep_one_inline_and_exact_slices() {
+        assert!(matches!(Lowers::from(Vec::new()), Lowers::None));
+        let one = Lowers::from(vec![real(1, LayerRef::Lower(0))]);
+        assert!(matches!(one, Lowers::One(_)));
+        assert_eq!(one.len(), 1);
+        let mut v = Vec::with_capacity(8);
+        v.push(real(1, LayerRef::Lower(0)));
+        v.push(real(2, LayerRef::Lower(1)));
+        let two = Lowers::from(v);
+        assert_eq!(two.iter().map(|r| r.ino).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(matches!(two, Lowers::Many(ref b) if b.len() == 2));
+    }
+
+    #[test]
+    fn rare_fields_come_and_go() {
+        let mut st = state(None, Some(real(3, LayerRef::Lower(0))));
+        assert!(st.rare.is_none());
+        st.set_redirect(Some("/a/b".into()));
+        assert_eq!(
+            st.redirect().map(|r| r.as_os_str()),
+            Some(OsStr::new("/a/b"))
+        );
+        st.set_redirect(None);
+        assert!(st.rare.is_none(), "an empty rare part is freed");
+        assert!(st.take_aliases().is_empty());
+    }
+
+    #[test]
+    fn hard_link_names_are_aliases_until_taken() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            9,
+            libc::S_IFREG,
+            state(None, Some(real(9, LayerRef::Lower(0)))),
+        );
+        let mut other = state(None, Some(real(9, LayerRef::Lower(0))));
+        other.parent = 42;
+        other.name = name_of(OsStr::new("y"));
+        let b = t.get_or_insert(9, libc::S_IFREG, other);
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut st = a.state.write();
+        assert_eq!((st.parent, &*st.name), (42, OsStr::new("y")));
+        assert_eq!(st.aliases(), &[(ROOT, OsString::from("x"))]);
+        assert_eq!(st.take_aliases().len(), 1);
+        assert!(st.rare.is_none());
+    }
+
+    #[test]
+    fn opens_are_allocated_only_while_open() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            11,
+            libc::S_IFREG,
+            state(None, Some(real(11, LayerRef::Lower(0)))),
+        );
+        assert!(a.opens.0.lock().is_none());
+        a.opens.lock().handles += 1;
+        assert_eq!(a.opens.lock().handles, 1);
+        assert!(a.opens.0.lock().is_some());
+        a.opens.lock().handles -= 1;
+        assert!(a.opens.0.lock().is_none(), "idle opens are freed");
+    }
+
+    #[test]
+    fn release_wakes_a_waiter_and_a_wait_times_out() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(
+            12,
+            libc::S_IFREG,
+            state(None, Some(real(12, LayerRef::Lower(0)))),
+        );
+        let start = std::time::Instant::now();
+        {
+            let mut opens = a.opens.lock();
+            let w = a
+                .released
+                .wait_until(&mut opens, start + std::time::Duration::from_millis(50));
+            assert!(w.timed_out());
+        }
+        a.opens.lock().handles = 1;
+        let b = Arc::clone(&a);
+        let waiter = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut opens = b.opens.lock();
+            while opens.handles > 0 {
+                if b.released.wait_until(&mut opens, deadline).timed_out() {
+                    return false;
+                }
+            }
+            true
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        {
+            let mut opens = a.opens.lock();
+            opens.handles = 0;
+            a.released.notify_all();
+        }
+        assert_eq!(
+            waiter.join().ok(),
+            Some(true),
+            "the waiter missed the release"
+        );
+    }
+
+    #[test]
+    fn forgetting_most_nodes_shrinks_the_table() {
+        let t = InodeTable::new();
+        let n = 20_000u64;
+        // One descriptor for all: a node per object would run out of them.
+        let Loc::Fd(fd) = real(0, LayerRef::Lower(0)).loc else {
+            panic!("the fixture holds a descriptor");
+        };
+        for i in 0..n {
+            let r = Real {
+                loc: Loc::Fd(Arc::clone(&fd)),
+                layer: LayerRef::Lower(0),
+                dev: 1,
+                ino: 1000 + i,
+            };
+            t.get_or_insert(1000 + i, libc::S_IFREG, state(None, Some(r)));
+        }
+        let full = t.capacity();
+        assert!(full >= n as usize);
+        for i in 0..n - 100 {
+            t.forget(1000 + i, 1);
+        }
+        assert_eq!(t.len(), 100);
+        assert!(
+            t.by_object.len() == 100,
+            "{} objects left",
+            t.by_object.len()
+        );
+        // The shrink runs on its own thread after SHRINK_DELAY.
+        let deadline = std::time::Instant::now() + SHRINK_DELAY * 10;
+        while t.capacity() * 8 > full && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            t.capacity() * 8 <= full,
+            "capacity {} of {full}",
+            t.capacity()
+        );
+        // Still a working table after the shrink.
+        assert!(t.get(1000 + n - 1).is_some());
+        t.forget(1000 + n - 1, 1);
+        assert!(t.get(1000 + n - 1).is_none());
     }
 }

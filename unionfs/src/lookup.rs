@@ -15,7 +15,7 @@ use nix::sys::stat::{FileStat, Mode};
 
 use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
-use crate::inode::{LayerRef, Loc, Real, State};
+use crate::inode::{LayerRef, Loc, Lowers, Real, State};
 use crate::layer::Layers;
 use crate::whiteout;
 
@@ -70,7 +70,7 @@ pub fn probe(dref: &Arc<DirRef>, name: &OsStr, image_layer: bool) -> Result<Prob
         ));
     }
     Ok(Probe::Found(
-        Loc::At(Arc::clone(dref), name.to_os_string()),
+        Loc::At(Arc::clone(dref), crate::inode::name_of(name)),
         st,
     ))
 }
@@ -95,17 +95,25 @@ pub struct Found {
 
 impl Found {
     pub fn into_state(self, parent: u64, name: &OsStr) -> State {
-        State {
+        // The node's name is its real object's name when they are the same (no redirect),
+        // so that the two share one allocation.
+        let shared = [self.upper.as_ref(), self.lowers.first()]
+            .into_iter()
+            .flatten()
+            .find_map(|r| match &r.loc {
+                Loc::At(_, n) if **n == *name => Some(Arc::clone(n)),
+                _ => None,
+            });
+        let mut st = State::new(
             parent,
-            name: name.to_os_string(),
-            upper: self.upper,
-            lowers: self.lowers,
-            impure: self.impure,
-            redirect: self.redirect,
-            metacopy: self.metacopy,
-            unlinked: false,
-            aliases: Vec::new(),
-        }
+            shared.unwrap_or_else(|| crate::inode::name_of(name)),
+            self.upper,
+            Lowers::from(self.lowers),
+        );
+        st.impure = self.impure;
+        st.metacopy = self.metacopy;
+        st.set_redirect(self.redirect);
+        st
     }
 }
 
@@ -353,7 +361,7 @@ pub fn resolve(
     while !d.stop && i < stack.len() {
         let pl = &stack[i];
         i += 1;
-        let LayerRef::Lower(idx) = pl.layer else {
+        let Some(idx) = pl.layer.lower_index() else {
             continue;
         };
         let last = if redirects.follow {
@@ -442,7 +450,12 @@ pub fn resolve(
         fix_origin,
         kind,
         upper: upper.map(|(r, _)| r),
-        lowers: lowers.into_iter().map(|(r, _)| r).collect(),
+        // A new Vec: collecting in place would keep the `(Real, FileStat)` allocation.
+        lowers: {
+            let mut v = Vec::with_capacity(lowers.len());
+            v.extend(lowers.into_iter().map(|(r, _)| r));
+            v
+        },
         st,
         natural_ino,
         impure,
@@ -452,7 +465,10 @@ pub fn resolve(
 pub fn layer_fsid(layers: &Layers, l: LayerRef) -> u64 {
     match l {
         LayerRef::Upper => 0,
-        LayerRef::Lower(i) => layers.lowers.get(i).map_or(0, |l| l.fsid),
+        LayerRef::Lower(_) => l
+            .lower_index()
+            .and_then(|i| layers.lowers.get(i))
+            .map_or(0, |l| l.fsid),
     }
 }
 

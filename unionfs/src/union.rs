@@ -155,6 +155,7 @@ impl UnionFs {
         let passthrough = config.passthrough != Passthrough::Off;
         let layers_count = layers.lowers.len();
         let dirs = DirCache::new(dir_budget(config.dir_fd_budget));
+        inodes.set_dir_cache(Arc::clone(&dirs));
         let root_of = |fd: OwnedFd, layer: LayerRef| -> Result<Real> {
             let st = fstat_fd(fd.as_fd())?;
             Ok(Real {
@@ -188,7 +189,7 @@ impl UnionFs {
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
-            roots.push(root_of(fd, LayerRef::Lower(i))?);
+            roots.push(root_of(fd, LayerRef::lower(i))?);
         }
         let mut lowers = Vec::new();
         if !opaque {
@@ -208,17 +209,14 @@ impl UnionFs {
                 .is_some()
         });
         let root_ino = upper.as_ref().or(lowers.first()).map_or(ROOT, |r| r.ino);
-        inodes.insert_root(State {
-            parent: ROOT,
-            name: OsString::new(),
+        let mut root = State::new(
+            ROOT,
+            crate::inode::name_of(OsStr::new("")),
             upper,
-            lowers,
-            impure,
-            redirect: None,
-            metacopy: false,
-            unlinked: false,
-            aliases: Vec::new(),
-        });
+            lowers.into(),
+        );
+        root.impure = impure;
+        inodes.insert_root(root);
         let redirects = crate::lookup::Redirects {
             follow: config.redirect_follow,
             roots,
@@ -255,7 +253,8 @@ impl UnionFs {
     /// A read-only clone of lower layer `i`'s mount, made at first use (see
     /// `backing_file`); an error when it cannot be made (then lower files are not
     /// passed through).
-    pub fn readonly_lower(&self, i: usize) -> std::io::Result<BorrowedFd<'_>> {
+    pub fn readonly_lower(&self, i: u32) -> std::io::Result<BorrowedFd<'_>> {
+        let i = usize::try_from(i).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let slot = self
             .readonly_lowers
             .get(i)
@@ -385,7 +384,7 @@ impl UnionFs {
         let (Some(u), Some(l)) = (&found.upper, found.lowers.first()) else {
             return;
         };
-        let LayerRef::Lower(i) = l.layer else {
+        let Some(i) = l.layer.lower_index() else {
             return;
         };
         let Some(record) = self

@@ -16,7 +16,7 @@ use crate::acl;
 use crate::copyup::{ensure_upper, mark_impure, open_path, upper_real, Data};
 use crate::dirfd::DirRef;
 use crate::errno::{Errno, Result};
-use crate::inode::{Inode, LayerRef, Loc, Real, State};
+use crate::inode::{Inode, LayerRef, Loc, Lowers, Real, State};
 use crate::layer::{clean_dir, fstat_fd};
 use crate::ops::fileattr::Change;
 use crate::ops::{lower_positive, Held};
@@ -231,17 +231,12 @@ impl UnionFs {
         };
         let st = real.stat()?;
         let kind = st.st_mode & libc::S_IFMT;
-        let state = State {
+        let state = State::new(
             parent,
-            name: name.to_os_string(),
-            upper: Some(real),
-            lowers: Vec::new(),
-            impure: false,
-            redirect: None,
-            metacopy: false,
-            unlinked: false,
-            aliases: Vec::new(),
-        };
+            crate::inode::name_of(name),
+            Some(real),
+            Lowers::None,
+        );
         let inode = self.inodes.get_or_insert(st.st_ino, kind, state);
         let attr = Attr::from_stat(inode.ino, &st, false);
         Ok((inode, attr, file))
@@ -685,7 +680,7 @@ impl UnionFs {
                 (false, Some(l)) => l.stat().map_or(1, |s| s.st_nlink),
                 _ => 1,
             };
-            (st.redirect.clone(), st.name.clone(), links)
+            (st.redirect().cloned(), st.name.to_os_string(), links)
         };
         // A lower hard link's other names may be anywhere: its redirect is absolute.
         let absolute = !samedir || lower_links > 1;
@@ -719,7 +714,9 @@ impl UnionFs {
                 trace::quote(std::os::unix::ffi::OsStrExt::from_bytes(&value[..]))
             ));
         }
-        node.state.write().redirect = Some(OsString::from_vec(value));
+        node.state
+            .write()
+            .set_redirect(Some(OsString::from_vec(value)));
         Ok(())
     }
 
@@ -746,7 +743,9 @@ impl UnionFs {
             let (part, parent) = {
                 let st = cur.state.read();
                 (
-                    st.redirect.clone().unwrap_or_else(|| st.name.clone()),
+                    st.redirect()
+                        .cloned()
+                        .unwrap_or_else(|| st.name.to_os_string()),
                     st.parent,
                 )
             };
@@ -796,10 +795,10 @@ fn has_origin(fs: &UnionFs, r: &Real) -> bool {
 
 fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRef>, dir: bool) {
     st.parent = parent;
-    st.name = OsString::from(name);
+    st.name = crate::inode::name_of(name);
     if let Some(u) = st.upper.as_mut() {
         match &u.loc {
-            Loc::At(..) => u.loc = Loc::At(Arc::clone(parent_upper), OsString::from(name)),
+            Loc::At(..) => u.loc = Loc::At(Arc::clone(parent_upper), Arc::clone(&st.name)),
             Loc::Dir(d) => d.moved(parent_upper, name),
             Loc::Fd(_) => {}
         }
@@ -809,6 +808,6 @@ fn move_node(st: &mut State, parent: u64, name: &OsStr, parent_upper: &Arc<DirRe
     // object of a file stays at the old name (its origin record keeps its inode number):
     // keeping it would make removing the new name leave a needless whiteout.
     if !dir && !st.metacopy {
-        st.lowers.clear();
+        st.lowers = Lowers::None;
     }
 }

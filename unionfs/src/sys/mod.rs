@@ -6,4 +6,5 @@ pub mod fsops;
 pub mod fuse_dev;
 pub mod fuse_mount;
 pub mod fuser_backing;
+pub mod heap;
 pub mod uring;
