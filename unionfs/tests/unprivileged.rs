@@ -63,7 +63,7 @@ fn unprivileged_mount_write_delete_unmount() {
     std::fs::write(s.path("l/file"), "lower\n").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(s.path("l/dir/inner"), "inner\n").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(s.path("l/gone/x"), "x\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::copy(bin(), s.path("unionfs")).unwrap_or_else(|e| panic!("copy bin: {e}"));
+    copy_bin(&s.path("unionfs"));
     for p in [
         "",
         "l",
@@ -185,7 +185,7 @@ fn unprivileged_without_device_access_falls_back_to_fusermount3() {
     let uid = ensure_user();
     let s = Scratch::new("unpriv-nodev");
     s.mkdirs(&["l", "u", "w", "m"]);
-    std::fs::copy(bin(), s.path("unionfs")).unwrap_or_else(|e| panic!("copy bin: {e}"));
+    copy_bin(&s.path("unionfs"));
     for p in ["", "l", "u", "w", "m"] {
         nix::unistd::chown(&s.path(p), Some(nix::unistd::Uid::from_raw(uid)), None)
             .unwrap_or_else(|e| panic!("chown {p}: {e}"));
@@ -228,5 +228,22 @@ fn unprivileged_without_device_access_falls_back_to_fusermount3() {
     assert!(
         lines[0].starts_with("unionfs: ") && lines[0].contains("fusermount3"),
         "the error should come from the fusermount3 fallback: {err}"
+    );
+}
+
+/// Copies the daemon for a user to run. Through `cp`, not `std::fs::copy`: a descriptor open
+/// for writing in this process is inherited by whatever another test thread forks at that
+/// moment, and the copy's exec then fails with ETXTBSY until that child has exec'd.
+fn copy_bin(dst: &std::path::Path) {
+    let st = Command::new("cp")
+        .arg(bin())
+        .arg(dst)
+        .status()
+        .unwrap_or_else(|e| panic!("cp: {e}"));
+    assert!(
+        st.success(),
+        "cp {} {}: {st}",
+        bin().display(),
+        dst.display()
     );
 }
