@@ -304,6 +304,7 @@ impl UnionFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
+        crate::testhook::pause("write");
         h.file.read().write_all_at(data, offset)?;
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
