@@ -31,7 +31,11 @@ impl Fs {
             mtime: t(m.mtime(), m.mtime_nsec()),
             ctime: t(m.ctime(), m.ctime_nsec()),
             crtime: UNIX_EPOCH,
-            kind: if ino == 1 { FileType::Directory } else { FileType::RegularFile },
+            kind: if ino == 1 {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
             perm: if ino == 1 { 0o755 } else { 0o644 },
             nlink: 1,
             uid: 0,
@@ -42,7 +46,11 @@ impl Fs {
         }
     }
     fn file(&self, fh: FileHandle) -> File {
-        self.files.lock().unwrap()[fh.0 as usize].as_ref().unwrap().try_clone().unwrap()
+        self.files.lock().unwrap()[fh.0 as usize]
+            .as_ref()
+            .unwrap()
+            .try_clone()
+            .unwrap()
     }
 }
 
@@ -64,20 +72,44 @@ impl Filesystem for Fs {
         reply.attr(&TTL, &self.attr(ino.0));
     }
     fn setattr(
-        &self, _r: &Request, ino: INodeNo, _m: Option<u32>, _u: Option<u32>, _g: Option<u32>,
-        size: Option<u64>, _a: Option<TimeOrNow>, _mt: Option<TimeOrNow>, _c: Option<SystemTime>,
-        _fh: Option<FileHandle>, _cr: Option<SystemTime>, _ch: Option<SystemTime>,
-        _b: Option<SystemTime>, _f: Option<BsdFileFlags>, reply: ReplyAttr,
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        _m: Option<u32>,
+        _u: Option<u32>,
+        _g: Option<u32>,
+        size: Option<u64>,
+        _a: Option<TimeOrNow>,
+        _mt: Option<TimeOrNow>,
+        _c: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _cr: Option<SystemTime>,
+        _ch: Option<SystemTime>,
+        _b: Option<SystemTime>,
+        _f: Option<BsdFileFlags>,
+        reply: ReplyAttr,
     ) {
         if let Some(s) = size {
             eprintln!("SETATTR size {s}");
-            OpenOptions::new().write(true).open(&self.backing).unwrap().set_len(s).unwrap();
+            OpenOptions::new()
+                .write(true)
+                .open(&self.backing)
+                .unwrap()
+                .set_len(s)
+                .unwrap();
         }
         reply.attr(&TTL, &self.attr(ino.0));
     }
     fn open(&self, _r: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let f = flags.0;
-        eprintln!("OPEN flags {f:#x}{}", if f & libc::O_TRUNC != 0 { " (O_TRUNC: truncating)" } else { "" });
+        eprintln!(
+            "OPEN flags {f:#x}{}",
+            if f & libc::O_TRUNC != 0 {
+                " (O_TRUNC: truncating)"
+            } else {
+                ""
+            }
+        );
         let file = OpenOptions::new()
             .read(true)
             .write(f & libc::O_ACCMODE != libc::O_RDONLY)
@@ -86,19 +118,37 @@ impl Filesystem for Fs {
             .unwrap();
         let mut files = self.files.lock().unwrap();
         files.push(Some(file));
-        reply.opened(FileHandle(files.len() as u64 - 1), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(
+            FileHandle(files.len() as u64 - 1),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
     fn read(
-        &self, _r: &Request, _ino: INodeNo, fh: FileHandle, off: u64, size: u32, _f: OpenFlags,
-        _l: Option<LockOwner>, reply: ReplyData,
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        off: u64,
+        size: u32,
+        _f: OpenFlags,
+        _l: Option<LockOwner>,
+        reply: ReplyData,
     ) {
         let mut buf = vec![0; size as usize];
         let n = self.file(fh).read_at(&mut buf, off).unwrap();
         reply.data(&buf[..n]);
     }
     fn write(
-        &self, _r: &Request, _ino: INodeNo, fh: FileHandle, off: u64, data: &[u8], _wf: WriteFlags,
-        _f: OpenFlags, _l: Option<LockOwner>, reply: ReplyWrite,
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        off: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _f: OpenFlags,
+        _l: Option<LockOwner>,
+        reply: ReplyWrite,
     ) {
         eprintln!("WRITE offset {off} size {} (held 600 ms)", data.len());
         std::thread::sleep(Duration::from_millis(600));
@@ -109,8 +159,14 @@ impl Filesystem for Fs {
         reply.error(Errno::ENOSYS);
     }
     fn release(
-        &self, _r: &Request, _i: INodeNo, fh: FileHandle, _f: OpenFlags, _l: Option<LockOwner>,
-        _fl: bool, reply: ReplyEmpty,
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _f: OpenFlags,
+        _l: Option<LockOwner>,
+        _fl: bool,
+        reply: ReplyEmpty,
     ) {
         self.files.lock().unwrap()[fh.0 as usize] = None;
         reply.ok();
@@ -122,5 +178,13 @@ fn main() {
     let mut c = Config::default();
     c.n_threads = Some(4);
     c.mount_options = vec![MountOption::FSName("otrunc-repro".into())];
-    fuser::mount(Fs { backing: a[1].clone(), files: Mutex::new(Vec::new()) }, &a[2], &c).unwrap();
+    fuser::mount(
+        Fs {
+            backing: a[1].clone(),
+            files: Mutex::new(Vec::new()),
+        },
+        &a[2],
+        &c,
+    )
+    .unwrap();
 }
