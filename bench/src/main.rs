@@ -15,6 +15,7 @@ mod start;
 mod svg;
 mod targets;
 mod trees;
+mod uring_param;
 mod workloads;
 
 use std::fmt::Write as _;
@@ -205,6 +206,40 @@ fn run() -> Result<ExitCode, String> {
         return Err("--rounds must be at least 1".into());
     }
 
+    // unionfs-uring needs the fuse module's enable_uring at Y for the whole run, probe
+    // included; the guard puts the value found back when `run` returns.
+    let mut notes = Vec::new();
+    let wants_uring = chosen_targets
+        .iter()
+        .any(|&i| all[i].needs_uring() && all[i].skipped.is_none());
+    let _uring_param = if wants_uring {
+        match uring_param::EnableUring::acquire() {
+            Ok(g) => {
+                eprintln!(
+                    "bench: {} set to Y for unionfs-uring (was {})",
+                    uring_param::PARAM,
+                    g.found
+                );
+                notes.push(format!(
+                    "`unionfs-uring`: the fuse module's enable_uring was {found}; the bench set \
+                     it to Y for this run and restored it to {found} afterwards.",
+                    found = g.found
+                ));
+                Some(g)
+            }
+            Err(e) => {
+                for &i in &chosen_targets {
+                    if all[i].needs_uring() {
+                        all[i].skipped = Some(format!("unavailable: {e}"));
+                    }
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let start = Instant::now();
     let mut scratch = Scratch::create(&cli.scratch, cli.keep_scratch)?;
     let machine = Machine::describe(&scratch.root);
@@ -280,6 +315,7 @@ fn run() -> Result<ExitCode, String> {
         measured,
         workloads: chosen_workloads,
         results,
+        notes,
     };
     print!("{}", report::markdown(&report));
     let start_rows = if with_start {

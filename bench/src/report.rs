@@ -27,6 +27,8 @@ pub struct Report<'a> {
     pub measured: Vec<&'a Target>,
     pub workloads: Vec<&'static Workload>,
     pub results: Results,
+    /// What the run changed on the machine and put back (e.g. enable_uring).
+    pub notes: Vec<String>,
 }
 
 impl Report<'_> {
@@ -147,6 +149,12 @@ pub fn markdown(r: &Report) -> String {
             }
         }
     }
+    if !r.notes.is_empty() {
+        let _ = writeln!(o, "\nNotes:");
+        for n in &r.notes {
+            let _ = writeln!(o, "- {n}");
+        }
+    }
     let _ = writeln!(
         o,
         "\nEach cell: median wall time (min–max over the rounds) · median of the per-round \
@@ -210,6 +218,7 @@ struct JsonReport<'a> {
     targets: Vec<JsonTarget<'a>>,
     workloads: Vec<JsonWorkload>,
     results: Vec<JsonResult<'a>>,
+    notes: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -259,6 +268,7 @@ pub fn json(r: &Report) -> Result<String, String> {
         quick: r.quick,
         elapsed_s: r.elapsed.as_secs_f64(),
         baseline: BASELINE,
+        notes: &r.notes,
         sizes: r.sizes,
         targets: r
             .targets

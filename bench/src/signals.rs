@@ -31,6 +31,7 @@ pub fn install() -> Result<(), String> {
                     std::process::id()
                 );
                 crate::mount::force_cleanup();
+                crate::uring_param::restore_now();
                 std::process::exit(130);
             }
             eprintln!(

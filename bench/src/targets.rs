@@ -18,6 +18,9 @@ enum Kind {
     /// Our daemon, with these extra -o options (`@DIR` in one is the target's scratch
     /// directory of the round).
     Unionfs(&'static [&'static str]),
+    /// Our daemon served through FUSE over io_uring (`-o uring=on` and these options): not
+    /// required, as the kernel may lack it or forbid it; needs `enable_uring` set (main).
+    UnionfsUring(&'static [&'static str]),
     /// fuse-overlayfs, C (Debian) or Rust (bench/.peers): the same command line as ours.
     FuseOverlayfs,
     /// unionfs-fuse: branches as `UPPER=RW:LOWER=RO`, copy-on-write by `-o cow`.
@@ -30,7 +33,7 @@ struct Spec {
     kind: Kind,
 }
 
-const CATALOG: [Spec; 13] = [
+const CATALOG: [Spec; 14] = [
     Spec {
         name: "plain",
         what: "no union: a plain directory of the upper filesystem holding a copy of the lower tree (the physical limit)",
@@ -50,6 +53,11 @@ const CATALOG: [Spec; 13] = [
         name: "unionfs",
         what: "unionfs, defaults (passthrough as root, one thread per core)",
         kind: Kind::Unionfs(&[]),
+    },
+    Spec {
+        name: "unionfs-uring",
+        what: "unionfs -o uring=on (FUSE over io_uring, one ring per CPU; the bench sets the fuse module's enable_uring to Y for the run and restores it)",
+        kind: Kind::UnionfsUring(&["uring=on"]),
     },
     Spec {
         name: "unionfs-nopt",
@@ -136,8 +144,13 @@ impl Target {
     pub fn is_fuse(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Unionfs(_) | Kind::FuseOverlayfs | Kind::UnionfsFuse
+            Kind::Unionfs(_) | Kind::UnionfsUring(_) | Kind::FuseOverlayfs | Kind::UnionfsFuse
         )
+    }
+
+    /// Whether it needs the fuse module's `enable_uring` set while it runs.
+    pub fn needs_uring(&self) -> bool {
+        matches!(self.kind, Kind::UnionfsUring(_))
     }
 
     /// Mounts the target with `lower` as its only lower layer. `dir` is a fresh directory
@@ -161,7 +174,7 @@ impl Target {
         let mount = match self.kind {
             Kind::Plain => return Err("plain is not mounted".into()),
             Kind::Overlay(extra) => Mount::overlay(lower, &upper, &work, &mnt, extra)?,
-            Kind::Unionfs(extra) => {
+            Kind::Unionfs(extra) | Kind::UnionfsUring(extra) => {
                 let mut opts = layers;
                 for e in extra {
                     opts.push(',');
@@ -221,7 +234,7 @@ pub fn discover(loc: &Locations) -> Vec<Target> {
                     }
                     return t;
                 }
-                Kind::Unionfs(_) => (loc.unionfs.clone(), "unionfs"),
+                Kind::Unionfs(_) | Kind::UnionfsUring(_) => (loc.unionfs.clone(), "unionfs"),
                 Kind::FuseOverlayfs if spec.name == "fuse-overlayfs" => {
                     (PathBuf::from("/usr/bin/fuse-overlayfs"), "fuse-overlayfs")
                 }
@@ -236,7 +249,8 @@ pub fn discover(loc: &Locations) -> Vec<Target> {
                 match version(&program, keyword) {
                     // `--unionfs /usr/bin/unionfs` by mistake: never run it as ours.
                     Some(v)
-                        if matches!(spec.kind, Kind::Unionfs(_)) && v.contains("unionfs-fuse") =>
+                        if matches!(spec.kind, Kind::Unionfs(_) | Kind::UnionfsUring(_))
+                            && v.contains("unionfs-fuse") =>
                     {
                         t.skipped = Some(format!(
                             "{} is unionfs-fuse, not our daemon",

@@ -1,7 +1,10 @@
-//! The `fuser::Filesystem` adapter: each handler converts its arguments, calls one core
-//! operation and replies. No filesystem logic lives here.
+//! The `fuser::Filesystem` adapter (`-o frontend=fuser`; the default front end is our own,
+//! `wire`): each handler converts its arguments, calls one core operation and replies. No
+//! filesystem logic lives here. fuser does not pass the kernel's set-id kill flags on, so
+//! requests get `Ctx::fsetid: None` and `killpriv` reads the caller from `/proc`.
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +17,7 @@ use fuser::{
 };
 use nix::sys::time::TimeSpec;
 
+use crate::backing::Backing;
 use crate::errno::Errno;
 use crate::ops::attr::{SetAttr, SetTime};
 use crate::ops::file::{DataPath, Opened};
@@ -26,6 +30,9 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct FuseAdapter {
     pub fs: Arc<UnionFs>,
+    /// A duplicate of the session's `/dev/fuse` descriptor, to register backing files on
+    /// (`crate::backing`; fuser's own `BackingId` is not what the core keeps).
+    dev: Arc<OwnedFd>,
     /// Where requests that may copy up a large file are served (see `offload`).
     long: crate::offload::Pool,
 }
@@ -35,9 +42,10 @@ pub struct FuseAdapter {
 const LONG_WORKERS: usize = 8;
 
 impl FuseAdapter {
-    pub fn new(fs: UnionFs) -> Self {
+    pub fn new(fs: UnionFs, dev: Arc<OwnedFd>) -> Self {
         FuseAdapter {
             fs: Arc::new(fs),
+            dev,
             long: crate::offload::Pool::new(LONG_WORKERS),
         }
     }
@@ -66,7 +74,7 @@ fn open_reply(
     ino: u64,
     opened: Opened,
     path: DataPath,
-) -> (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>) {
+) -> (FileHandle, FopenFlags, Option<Arc<Backing>>) {
     let fh = FileHandle(fs.add_handle(ino, opened, &path));
     match path {
         DataPath::Passthrough(id) => (fh, FopenFlags::empty(), Some(id)),
@@ -87,12 +95,14 @@ impl crate::union::Invalidate for KernelInvalidator {
     }
 }
 
+/// fuser does not pass the kernel's set-id kill flags on: `killpriv` judges the caller
+/// from `/proc` (`fsetid: None`).
 fn ctx(req: &Request) -> Ctx {
     Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
-        umask: 0,
+        ..Ctx::default()
     }
 }
 
@@ -454,6 +464,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let caller = ctx(req);
         let write = crate::ops::file::wants_write(flags.0);
+        let dev = Arc::clone(&self.dev);
         self.maybe_long(ino.0, write, move |fs| {
             let opened = fs.retry(|| fs.open_file(ino.0, flags.0, &caller));
             fs.flush_invalidations(true);
@@ -462,14 +473,14 @@ impl Filesystem for FuseAdapter {
                 Err(e) => return reply.error(e.into()),
             };
             let path = match fs.data_path(ino.0, &opened, || match fs.backing_file(&opened)? {
-                Some(f) => reply.open_backing(&f),
-                None => reply.open_backing(&opened.file),
+                Some(f) => Backing::open(&dev, &f),
+                None => Backing::open(&dev, &opened.file),
             }) {
                 Ok(p) => p,
                 Err(e) => return reply.error(e.into()),
             };
             match open_reply(fs, ino.0, opened, path) {
-                (fh, fl, Some(id)) => reply.opened_passthrough(fh, fl, &id),
+                (fh, fl, Some(b)) => crate::sys::fuser_backing::opened(reply, fh, fl, &b),
                 (fh, fl, None) => reply.opened(fh, fl),
             }
         });
@@ -747,16 +758,14 @@ impl Filesystem for FuseAdapter {
         };
         let path = match self
             .fs
-            .data_path(node.ino, &opened, || reply.open_backing(&opened.file))
+            .data_path(node.ino, &opened, || Backing::open(&self.dev, &opened.file))
         {
             Ok(p) => p,
             Err(e) => return reply.error(e.into()),
         };
         let attr = fattr(&self.fs, &a);
         match open_reply(&self.fs, node.ino, opened, path) {
-            (fh, fl, Some(id)) => {
-                reply.created_passthrough(&TTL, &attr, Generation(0), fh, fl, &id)
-            }
+            (fh, fl, Some(b)) => crate::sys::fuser_backing::created(reply, &TTL, &attr, fh, fl, &b),
             (fh, fl, None) => reply.created(&TTL, &attr, Generation(0), fh, fl),
         }
     }

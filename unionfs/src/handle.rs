@@ -22,7 +22,7 @@ pub struct FileHandle {
     pub cached: bool,
     /// The kernel's passthrough registration, shared by the node's passthrough opens and
     /// closed when the last of them is released.
-    pub backing: Option<Arc<fuser::BackingId>>,
+    pub backing: Option<Arc<crate::backing::Backing>>,
 }
 
 #[derive(Debug)]

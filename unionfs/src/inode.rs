@@ -357,7 +357,7 @@ pub struct Backing {
     pub real: (u64, u64),
     /// The backing file is in a lower layer (`passthrough=all`).
     pub lower: bool,
-    pub id: std::sync::Weak<fuser::BackingId>,
+    pub id: std::sync::Weak<crate::backing::Backing>,
 }
 
 impl Inode {

@@ -1,9 +1,11 @@
 //! unionfs: a union filesystem in userspace with the kernel overlayfs's semantics and
 //! on-disk format. The core (`union`, `ops`, `lookup`, `copyup`, ...) knows nothing of FUSE;
-//! `fs` adapts it to fuser, and `main.rs` turns a command line into a mount.
+//! `wire` is our own FUSE protocol front end (the default), `fs` adapts the core to fuser
+//! (`-o frontend=fuser`), and `main.rs` turns a command line into a mount.
 #![deny(unsafe_code)]
 
 pub mod acl;
+pub mod backing;
 pub mod copyup;
 pub mod diff;
 pub mod dirfd;

@@ -3,14 +3,17 @@
 //! leaves the work directory clean.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use unionfs::fs::FuseAdapter;
 use unionfs::layer::{Layers, XattrNs};
-use unionfs::options::{self, KernelOpt, Options, ParseOutcome};
+use unionfs::options::{self, Frontend, KernelOpt, Options, ParseOutcome};
 use unionfs::sys::daemon::{self, Readiness};
 use unionfs::sys::fuse_mount::{self, MountRequest};
 use unionfs::union::{Config, UnionFs};
+use unionfs::wire::uring::{self, Plan};
 
 /// Logs to stderr; `-d` turns on every request (fuser logs them at debug level).
 struct StderrLog;
@@ -50,6 +53,8 @@ fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(if opts.debug {
         log::LevelFilter::Debug
+    } else if opts.verbose {
+        log::LevelFilter::Info
     } else {
         log::LevelFilter::Warn
     });
@@ -59,6 +64,14 @@ fn main() -> ExitCode {
     // Held for the daemon's whole life: a second mount on this workdir is refused.
     let _work_lock = match options::validate(&opts) {
         Ok(l) => l,
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Before mounting: uring=on fails here, in one line, when the kernel cannot give a ring.
+    let transport = match choose_transport(&opts) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("unionfs: {e}");
             return ExitCode::from(1);
@@ -80,7 +93,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    match serve(&opts, readiness) {
+    match serve(&opts, readiness, transport) {
         Ok(()) => ExitCode::SUCCESS,
         Err((msg, readiness)) => {
             match readiness {
@@ -94,7 +107,7 @@ fn main() -> ExitCode {
 
 type ServeError = (String, Option<Readiness>);
 
-fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError> {
+fn serve(opts: &Options, readiness: Option<Readiness>, transport: Plan) -> Result<(), ServeError> {
     // The caller's umask is applied by the kernel before a request reaches us; ours must
     // not apply a second time.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -200,30 +213,40 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
             ))
         }
     };
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(opts.threads.unwrap_or_else(|| {
+    let threads = opts.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .max(2)
-    }));
-    config.clone_fd = true;
-    let invalidator = std::sync::Arc::clone(&fs.invalidator);
-    // Blocked here, before fuser starts its threads (they inherit the mask), and taken by
-    // one thread of ours: SIGTERM, SIGINT and SIGHUP unmount cleanly instead of killing
+    });
+    // Blocked here, before the request threads start (they inherit the mask), and taken
+    // by one thread of ours: SIGTERM, SIGINT and SIGHUP unmount cleanly instead of killing
     // the daemon under a live mount.
     let signals = stop_signals();
     if let Err(e) = signals.thread_block() {
         log::warn!("cannot block termination signals: {e}");
     }
-    let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, acl, config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = fuse_mount::unmount(&opts.mountpoint, method);
-            return Err((format!("FUSE handshake failed: {e}"), readiness));
-        }
+    let result = match opts.frontend {
+        Frontend::Fuser => serve_fuser(opts, fs, fd, method, acl, threads, readiness, signals),
+        Frontend::Wire => serve_wire(
+            opts, fs, fd, method, acl, threads, readiness, signals, transport,
+        ),
     };
-    let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
-    let mountpoint = opts.mountpoint.clone();
+    if let Some(w) = &opts.workdir {
+        if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
+            if let Err(e) = unionfs::layer::clean_dir(std::os::fd::AsFd::as_fd(&work)) {
+                log::warn!("cannot clean the work directory: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// Unmounts on the first termination signal (from a thread of its own).
+fn spawn_signal_thread(
+    signals: nix::sys::signal::SigSet,
+    mountpoint: std::path::PathBuf,
+    method: fuse_mount::MountMethod,
+) {
     let spawned = std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
@@ -237,18 +260,165 @@ fn serve(opts: &Options, readiness: Option<Readiness>) -> Result<(), ServeError>
     if let Err(e) = spawned {
         log::warn!("no signal handling thread: {e}");
     }
+}
+
+/// Our own front end (`wire::server`) over `/dev/fuse` (`wire::devfuse`).
+#[allow(clippy::too_many_arguments)]
+fn serve_wire(
+    opts: &Options,
+    fs: UnionFs,
+    fd: OwnedFd,
+    method: fuse_mount::MountMethod,
+    acl: fuser::SessionACL,
+    threads: usize,
+    readiness: Option<Readiness>,
+    signals: nix::sys::signal::SigSet,
+    transport: Plan,
+) -> Result<(), ServeError> {
+    use unionfs::wire::server::{Access, Server, ServerOptions};
+    use unionfs::wire::Handler;
+    let owner = nix::unistd::geteuid().as_raw();
+    let access = match acl {
+        fuser::SessionACL::All => Access::All,
+        fuser::SessionACL::RootAndOwner => Access::RootAndOwner(owner),
+        fuser::SessionACL::Owner => Access::Owner(owner),
+    };
+    let dev = Arc::new(fd);
+    let _ = fs
+        .invalidator
+        .set(Box::new(unionfs::wire::devfuse::Notifier::new(Arc::clone(
+            &dev,
+        ))));
+    let server = Arc::new(Server::new(
+        fs,
+        ServerOptions {
+            dev: Some(Arc::clone(&dev)),
+            want_uring: transport == Plan::Ring,
+            access,
+        },
+    ));
+    spawn_signal_thread(signals, opts.mountpoint.clone(), method);
+    // Ready once INIT is answered, as fuser's handshake is done before `ready` there. A
+    // transport that starts after INIT (FUSE over io_uring) starts here too.
+    let pending = Arc::new(parking_lot::Mutex::new(readiness));
+    let on_init = Arc::clone(&pending);
+    let inited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inited_set = Arc::clone(&inited);
+    // The ring's queues, once started; and why the mount had to go if they could not be.
+    let ring: Arc<parking_lot::Mutex<Option<uring::Uring>>> = Arc::default();
+    let ring_failed: Arc<parking_lot::Mutex<Option<String>>> = Arc::default();
+    let (ring_slot, failed_slot) = (Arc::clone(&ring), Arc::clone(&ring_failed));
+    let (ring_dev, ring_server) = (Arc::clone(&dev), Arc::clone(&server));
+    let (mode, mountpoint) = (opts.uring, opts.mountpoint.clone());
+    let after_init: Box<dyn FnOnce() + Send> = Box::new(move || {
+        inited_set.store(true, std::sync::atomic::Ordering::Release);
+        if ring_server.uring_granted() {
+            // The kernel holds every request until the ring is registered or refused, so
+            // this runs before the other /dev/fuse readers even start.
+            match uring::start(&ring_dev, ring_server) {
+                Ok(r) => {
+                    log::info!("transport: io_uring ({} queues)", r.queues());
+                    *ring_slot.lock() = Some(r);
+                }
+                Err(e) if mode == options::UringMode::On || e.kernel_waits => {
+                    log::error!("FUSE over io_uring: {}", e.reason);
+                    *failed_slot.lock() = Some(format!("FUSE over io_uring: {}", e.reason));
+                    let _ = fuse_mount::unmount(&mountpoint, method);
+                    return;
+                }
+                Err(e) => log::info!("transport: /dev/fuse (io_uring: {})", e.reason),
+            }
+        } else if transport == Plan::Ring {
+            log::info!("transport: /dev/fuse (the kernel did not offer io_uring in INIT)");
+        } else {
+            log::info!("transport: /dev/fuse");
+        }
+        if let Some(r) = on_init.lock().take() {
+            r.ready();
+        }
+    });
+    let r = unionfs::wire::devfuse::serve(dev, server, threads, Some(after_init));
+    // The readers end at unmount (ENODEV); the queues end as the kernel gives back their
+    // commands.
+    let queues = ring.lock().take();
+    if let Some(q) = queues {
+        q.wait();
+    }
+    if let Some(why) = ring_failed.lock().take() {
+        return Err((why, pending.lock().take()));
+    }
+    if !inited.load(std::sync::atomic::Ordering::Acquire) {
+        // INIT never came (or could not be read).
+        let readiness = pending.lock().take();
+        let _ = fuse_mount::unmount(&opts.mountpoint, method);
+        let why = match r {
+            Err(e) => e.to_string(),
+            Ok(()) => "unmounted before INIT".into(),
+        };
+        return Err((format!("FUSE handshake failed: {why}"), readiness));
+    }
+    r.map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// The `fuser` adapter (`fs.rs`), `-o frontend=fuser`.
+#[allow(clippy::too_many_arguments)]
+fn serve_fuser(
+    opts: &Options,
+    fs: UnionFs,
+    fd: OwnedFd,
+    method: fuse_mount::MountMethod,
+    acl: fuser::SessionACL,
+    threads: usize,
+    readiness: Option<Readiness>,
+    signals: nix::sys::signal::SigSet,
+) -> Result<(), ServeError> {
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    // Backing files are registered on a duplicate of the session's descriptor (the same
+    // open file, so the same session), closed by our `Backing` rather than fuser's.
+    let dev = match fd.try_clone() {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            let _ = fuse_mount::unmount(&opts.mountpoint, method);
+            return Err((
+                format!("cannot duplicate the FUSE descriptor: {e}"),
+                readiness,
+            ));
+        }
+    };
+    let invalidator = Arc::clone(&fs.invalidator);
+    let session = match fuser::Session::from_fd(FuseAdapter::new(fs, dev), fd, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fuse_mount::unmount(&opts.mountpoint, method);
+            return Err((format!("FUSE handshake failed: {e}"), readiness));
+        }
+    };
+    let _ = invalidator.set(Box::new(unionfs::fs::KernelInvalidator(session.notifier())));
+    spawn_signal_thread(signals, opts.mountpoint.clone(), method);
     if let Some(r) = readiness {
         r.ready();
     }
-    let result = session.run();
-    if let Some(w) = &opts.workdir {
-        if let Ok(work) = unionfs::layer::open_dir_path(&w.join(unionfs::layer::WORK_SUBDIR)) {
-            if let Err(e) = unionfs::layer::clean_dir(std::os::fd::AsFd::as_fd(&work)) {
-                log::warn!("cannot clean the work directory: {e}");
-            }
+    session
+        .run()
+        .map_err(|e| (format!("session ended with an error: {e}"), None))
+}
+
+/// Which transport will serve the mount: the ring is offered in INIT only when `-o uring=`
+/// and the kernel allow it and the front end can serve it (fuser cannot).
+fn choose_transport(opts: &Options) -> Result<Plan, String> {
+    let plan = uring::plan(opts.uring)?;
+    match (plan, opts.frontend) {
+        (Plan::Ring, Frontend::Fuser) if opts.uring == options::UringMode::On => {
+            Err("uring=on: the fuser front end cannot use FUSE over io_uring".into())
         }
+        (Plan::Ring, Frontend::Fuser) => {
+            log::info!("transport: /dev/fuse (the fuser front end cannot use io_uring)");
+            Ok(Plan::DevFuse)
+        }
+        (p, _) => Ok(p),
     }
-    result.map_err(|e| (format!("session ended with an error: {e}"), None))
 }
 
 /// Opens the trace file (before the daemon detaches: a relative name means the caller's

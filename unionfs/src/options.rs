@@ -100,6 +100,18 @@ pub enum Passthrough {
     All,
 }
 
+/// `uring=`: whether FUSE over io_uring (the kernel's `enable_uring`) serves the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UringMode {
+    /// The ring when the kernel offers it and it starts; else /dev/fuse, saying why.
+    #[default]
+    Auto,
+    /// The ring or no mount.
+    On,
+    /// Always /dev/fuse.
+    Off,
+}
+
 /// A mount option that is not ours but the kernel's: passed through to the FUSE mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelOpt {
@@ -184,6 +196,8 @@ pub struct Options {
     /// `-f`, or implied by `-d` (as in libfuse).
     pub foreground: bool,
     pub debug: bool,
+    /// `-v`/`--verbose` (or `-d`): info-level messages, such as the transport chosen.
+    pub verbose: bool,
     pub userxattr: bool,
     /// `volatile`, or `fsync=0`.
     pub volatile: bool,
@@ -201,6 +215,10 @@ pub struct Options {
     /// `Upper` as root, `Off` otherwise).
     pub passthrough: Option<Passthrough>,
     pub threads: Option<usize>,
+    /// `frontend=wire|fuser`: which FUSE protocol front end serves the mount.
+    pub frontend: Frontend,
+    /// `uring=auto|on|off` (default auto).
+    pub uring: UringMode,
     /// `noacl`: do not expose POSIX ACL xattrs.
     pub noacl: bool,
     /// `uidmapping=`, `gidmapping=`, `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`
@@ -229,6 +247,16 @@ pub enum ParseOutcome {
 /// A command line or layer configuration problem; Display is one line naming the culprit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionsError(pub String);
+
+/// The FUSE protocol front end (`frontend=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Frontend {
+    /// Our own (`wire`), over `/dev/fuse`.
+    #[default]
+    Wire,
+    /// The `fuser` crate's (`fs.rs`).
+    Fuser,
+}
 
 impl fmt::Display for OptionsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -271,6 +299,14 @@ Options for -o (comma-separated; '\\,' puts a comma inside a value):
                          an fd opened read-only before a copy-up keeps reading the lower file,
                          and opening such a file for writing meanwhile fails (ETXTBSY).
   threads=N              Number of request-serving threads (N >= 1).
+  frontend=wire|fuser    The FUSE protocol front end. wire (default): our own, over
+                         /dev/fuse; it passes the kernel's set-id kill flags on (no /proc
+                         reads for them). fuser: the fuser crate's, for comparison.
+  uring=auto|on|off      FUSE over io_uring: requests come through one ring per CPU instead
+                         of reads of /dev/fuse (needs Linux 6.14+ with the fuse module's
+                         enable_uring set to Y). auto (default): the ring when the kernel
+                         offers it, else /dev/fuse (-v says why); on: the ring or fail;
+                         off: /dev/fuse.
   trace[=FILE]           Write one line per union event as it happens: copy-up (path, layer,
                          bytes, microseconds, cause; copy-up-data for a metacopy's data),
                          whiteout made or removed, directory made opaque, redirect written,
@@ -333,6 +369,9 @@ struct Cli {
     /// Log debugging output to stderr; implies -f.
     #[arg(short = 'd')]
     debug: bool,
+    /// Log at info level: which transport serves the mount (io_uring or /dev/fuse) and why.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
     /// Mount options, comma-separated; may be repeated (see below).
     #[arg(short = 'o', value_name = "OPTS", action = ArgAction::Append)]
     opts: Vec<OsString>,
@@ -371,7 +410,10 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<ParseOutc
         }
     }
     b.finish(mountpoint, cli.foreground || cli.debug, cli.debug)
-        .map(|o| ParseOutcome::Run(Box::new(o)))
+        .map(|mut o| {
+            o.verbose = cli.verbose || cli.debug;
+            ParseOutcome::Run(Box::new(o))
+        })
 }
 
 /// clap renders several lines (message, usage, tip); keep the message part on one line.
@@ -466,6 +508,8 @@ struct Builder {
     metacopy: Option<bool>,
     passthrough: Option<Passthrough>,
     threads: Option<usize>,
+    frontend: Frontend,
+    uring: Option<UringMode>,
     noacl: bool,
     squash_to_root: bool,
     idmap: crate::idmap::IdMap,
@@ -613,6 +657,19 @@ impl Builder {
                     }
                 }
             }
+            b"frontend" => {
+                self.once("frontend", "frontend")?;
+                self.frontend = match value_of("frontend")? {
+                    b"wire" => Frontend::Wire,
+                    b"fuser" => Frontend::Fuser,
+                    v => {
+                        return err(format!(
+                            "invalid value '{}' for frontend (expected wire or fuser)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                };
+            }
             b"threads" => {
                 self.once("threads", "threads")?;
                 let v = value_of("threads")?;
@@ -629,6 +686,20 @@ impl Builder {
                         ))
                     }
                 }
+            }
+            b"uring" => {
+                self.once("uring", "uring")?;
+                self.uring = Some(match value_of("uring")? {
+                    b"auto" => UringMode::Auto,
+                    b"on" => UringMode::On,
+                    b"off" => UringMode::Off,
+                    v => {
+                        return err(format!(
+                            "invalid value '{}' for uring (expected auto, on or off)",
+                            String::from_utf8_lossy(v)
+                        ))
+                    }
+                });
             }
             b"fsync" => {
                 self.once("fsync", "fsync")?;
@@ -784,6 +855,7 @@ impl Builder {
             mountpoint,
             foreground,
             debug,
+            verbose: debug,
             userxattr: self.userxattr,
             volatile: self.volatile,
             xino_on: self.xino_on,
@@ -791,6 +863,8 @@ impl Builder {
             metacopy: self.metacopy,
             passthrough: self.passthrough,
             threads: self.threads,
+            frontend: self.frontend,
+            uring: self.uring.unwrap_or_default(),
             noacl: self.noacl,
             idmap: crate::idmap::IdMap {
                 // squash_to_uid/gid take precedence over squash_to_root, as in fuse-overlayfs.
@@ -1276,6 +1350,22 @@ mod tests {
     }
 
     #[test]
+    fn frontend_is_wire_unless_fuser_is_asked_for() {
+        assert_eq!(run(&["-o", "lowerdir=/a", "/m"]).frontend, Frontend::Wire);
+        let o = run(&["-o", "lowerdir=/a,frontend=fuser", "/m"]);
+        assert_eq!(o.frontend, Frontend::Fuser);
+        let o = run(&["-o", "lowerdir=/a,frontend=wire", "/m"]);
+        assert_eq!(o.frontend, Frontend::Wire);
+        assert!(fail(&["-o", "lowerdir=/a,frontend=x", "/m"]).contains("frontend"));
+        match parse(&["--help"]) {
+            Ok(ParseOutcome::Exit(text, 0)) => {
+                assert!(text.contains("frontend=wire|fuser"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn foreground_and_debug() {
         let o = run(&["-f", "-o", "lowerdir=/a", "/m"]);
         assert!(o.foreground && !o.debug);
@@ -1336,6 +1426,37 @@ mod tests {
         assert!(fail(&["-o", "lowerdir=/a,userxattr=1", "/m"]).contains("takes no value"));
         assert!(fail(&["-o", "lowerdir=/a,ro=1", "/m"]).contains("takes no value"));
         assert!(fail(&["-o", "lowerdir=/a,fsync=2", "/m"]).contains("fsync"));
+    }
+
+    #[test]
+    fn uring_values() {
+        let mode = |o: &str| run(&["-o", &format!("lowerdir=/a{o}"), "/m"]).uring;
+        assert_eq!(mode(""), UringMode::Auto, "default");
+        assert_eq!(mode(",uring=auto"), UringMode::Auto);
+        assert_eq!(mode(",uring=on"), UringMode::On);
+        assert_eq!(mode(",uring=off"), UringMode::Off);
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,uring=yes", "/m"]),
+            "invalid value 'yes' for uring (expected auto, on or off)"
+        );
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,uring", "/m"]),
+            "option 'uring' needs a value"
+        );
+        assert_eq!(
+            fail(&["-o", "lowerdir=/a,uring=on", "-o", "uring=off", "/m"]),
+            "option 'uring' given more than once"
+        );
+        assert!(run(&["-v", "-o", "lowerdir=/a", "/m"]).verbose);
+        assert!(run(&["--verbose", "-o", "lowerdir=/a", "/m"]).verbose);
+        assert!(!run(&["-o", "lowerdir=/a", "/m"]).verbose);
+        match parse(&["--help"]) {
+            Ok(ParseOutcome::Exit(text, 0)) => {
+                assert!(text.contains("uring=auto|on|off"), "{text}");
+                assert!(text.contains("--verbose"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

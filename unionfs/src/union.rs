@@ -26,6 +26,15 @@ pub struct Ctx {
     /// The caller's umask, for what it creates: with POSIX ACLs the kernel leaves it to
     /// the filesystem, which applies it only where the directory has no default ACL.
     pub umask: u32,
+    /// Whether the caller has CAP_FSETID, when the request says (the kernel's set-id kill
+    /// flags: SETATTR's `FATTR_KILL_SUIDGID` with a size, OPEN's `FUSE_OPEN_KILL_SUIDGID`
+    /// with `O_TRUNC`, WRITE's `FUSE_WRITE_KILL_SUIDGID`); `None`: `killpriv` reads it
+    /// from `/proc` (the `fuser` front end).
+    pub fsetid: Option<bool>,
+    /// Whether setting an access ACL clears set-group-id, when the request says
+    /// (SETXATTR's `FUSE_SETXATTR_ACL_KILL_SGID`, in which the kernel judged both the
+    /// caller's group and its CAP_FSETID); `None`: judged from `/proc`.
+    pub acl_kill_sgid: Option<bool>,
 }
 
 /// Settings that change behaviour, parsed from the command line.

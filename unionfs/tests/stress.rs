@@ -14,7 +14,8 @@
 //!
 //! `STRESS_SECONDS` (per data path, default 8; the kernel's run takes a quarter of it),
 //! `STRESS_SEED` (default from the clock, printed), `STRESS_WORKERS` (default 8),
-//! `STRESS_OPS` (only these operations, e.g. `unlink,chmod`). A long run:
+//! `STRESS_OPS` (only these operations, e.g. `unlink,chmod`), `DIFFTEST_UNIONFS_OPTS` (more
+//! `-o` options for every daemon, e.g. `uring=on`). A long run:
 //! `STRESS_SECONDS=600 cargo test -p unionfs --test stress -- --nocapture`.
 #![deny(unsafe_code)]
 
@@ -778,7 +779,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(u: &Union, extra: &str, log: &Path) -> Daemon {
-        let o = union_opts(&u.lowers, &u.upper, &u.work, extra);
+        // `DIFFTEST_UNIONFS_OPTS` (as the differential tests read it) adds options to every
+        // daemon of the load, e.g. `uring=on` for the io_uring pass of scripts/test.sh.
+        let more = std::env::var("DIFFTEST_UNIONFS_OPTS").unwrap_or_default();
+        let extra = match (extra.is_empty(), more.is_empty()) {
+            (_, true) => extra.to_string(),
+            (true, false) => more,
+            (false, false) => format!("{extra},{more}"),
+        };
+        let o = union_opts(&u.lowers, &u.upper, &u.work, &extra);
         let logf = fs::File::create(log).unwrap_or_else(|e| panic!("create log: {e}"));
         let child = Command::new(bin())
             .args(["-f", "-o", &o])

@@ -32,7 +32,7 @@ pub fn wants_write(flags: i32) -> bool {
 /// How the kernel gets an open file's data.
 pub enum DataPath {
     /// Straight from the backing file (FUSE passthrough).
-    Passthrough(Arc<fuser::BackingId>),
+    Passthrough(Arc<crate::backing::Backing>),
     /// Reads and writes through the daemon (to the right real file), bypassing the page
     /// cache. Used while another open of the node passes through to a different real file
     /// (the lower one, opened before a copy-up, with `passthrough=all`): the kernel requires
@@ -40,7 +40,7 @@ pub enum DataPath {
     /// `FOPEN_DIRECT_IO` route the I/O to us instead. An mmap of such an open, shared or
     /// private, still maps the old backing file, which the kernel opens again for it with
     /// the opener's flags.
-    Direct(Arc<fuser::BackingId>),
+    Direct(Arc<crate::backing::Backing>),
     /// Through the daemon and the page cache.
     Cached,
 }
@@ -107,7 +107,7 @@ impl UnionFs {
         &self,
         ino: u64,
         opened: &Opened,
-        register: impl FnOnce() -> std::io::Result<fuser::BackingId>,
+        register: impl FnOnce() -> std::io::Result<crate::backing::Backing>,
     ) -> Result<DataPath> {
         let inode = self.inode(ino)?;
         let mut opens = inode.opens.lock();

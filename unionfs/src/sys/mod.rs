@@ -3,4 +3,7 @@
 
 pub mod daemon;
 pub mod fsops;
+pub mod fuse_dev;
 pub mod fuse_mount;
+pub mod fuser_backing;
+pub mod uring;

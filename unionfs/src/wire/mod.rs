@@ -6,6 +6,14 @@
 //! This file is the seam between the protocol (`Handler`) and the transports: a transport
 //! gets a request's bytes from the kernel, hands them to the handler as a `RawRequest`, and
 //! sends what the handler answers through the `Responder` it passed along.
+//!
+//! The pieces: `abi` (the kernel's opcodes, flags, struct sizes and offsets), `request`
+//! (bytes to a typed `Op`), `reply` (typed replies to bytes), `server` (`Server`, the
+//! `Handler` over the union core), `devfuse` (the `/dev/fuse` transport and the notifier
+//! for cached names). A second transport on the same session gets the session descriptor
+//! from whoever mounted (`main.rs` passes it to `devfuse::serve`; clones come from
+//! `sys::fuse_dev::clone_fd`), starts in `devfuse::serve`'s `after_init` (or once
+//! `Handler::initialized`), and hands each request to the same `Handler`.
 
 use std::io::IoSlice;
 
@@ -43,6 +51,9 @@ pub trait Handler: Send + Sync + 'static {
     /// it cannot decode gets EINVAL (ENOSYS for an unknown opcode).
     fn handle(&self, req: RawRequest<'_>, out: Box<dyn Responder>);
     /// After INIT: whether the reply granted FUSE_OVER_IO_URING (the ring may be set up).
+    /// Grant it only when the ring will be started (`wire::uring::plan` said `Ring`): once
+    /// granted, the kernel holds every new request until the ring is registered or
+    /// refused.
     fn uring_granted(&self) -> bool;
     /// After INIT: the largest payload a request or reply may carry (the kernel's
     /// `max_payload_sz`: max(8192, max_write, max_pages * page size)); ring payload buffers
@@ -51,3 +62,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether INIT has been answered (a transport that starts after INIT polls this).
     fn initialized(&self) -> bool;
 }
+
+pub mod abi;
+pub mod devfuse;
+pub mod reply;
+pub mod request;
+pub mod server;
+#[cfg(test)]
+mod tests;
+pub mod uring;
