@@ -318,9 +318,16 @@ fn open_trunc_during_an_append_truncates_after_it() {
     if !require_root("open_trunc_during_an_append_truncates_after_it") {
         return;
     }
-    let s = setup("race-otrunc");
+    for frontend in ["wire", "fuser"] {
+        open_trunc_during_an_append(frontend);
+    }
+}
+
+fn open_trunc_during_an_append(frontend: &str) {
+    let s = setup(&format!("race-otrunc-{frontend}"));
     // Data through the daemon: passthrough writes never reach it.
-    let mut m = mount_paused_with(&s, "write", 600, "nopassthrough");
+    let opts = format!("nopassthrough,frontend={frontend}");
+    let mut m = mount_paused_with(&s, "write", 600, &opts);
     let file = s.path("m/d/a");
     let target = file.clone();
     let appender = std::thread::spawn(move || {
@@ -353,7 +360,7 @@ fn open_trunc_during_an_append_truncates_after_it() {
     assert_eq!(
         (size.ok(), String::from_utf8_lossy(&content).into_owned()),
         (Some(0), String::new()),
-        "after the O_TRUNC open that waited for the append (a mapping of the file then \
-         gave {mapped:?}, errno 14 is EFAULT: SIGBUS)"
+        "frontend={frontend}: after the O_TRUNC open that waited for the append (a \
+         mapping of the file then gave {mapped:?}, errno 14 is EFAULT: SIGBUS)"
     );
 }
