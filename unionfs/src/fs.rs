@@ -273,7 +273,7 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Not FUSE_ATOMIC_O_TRUNC: see `UnionFs::open_file` (issue 14).
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             // File flags (chattr) on directories too.
             InitFlags::FUSE_HAS_IOCTL_DIR,

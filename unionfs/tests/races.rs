@@ -17,11 +17,16 @@ use common::*;
 
 /// Mounts the daemon with a pause of `ms` at `point`.
 fn mount_paused(s: &Scratch, point: &str, ms: u64) -> Mounted {
+    mount_paused_with(s, point, ms, "")
+}
+
+/// `mount_paused` with more mount options (`extra`).
+fn mount_paused_with(s: &Scratch, point: &str, ms: u64, extra: &str) -> Mounted {
     let o = union_opts(
         &s.path("l").display().to_string(),
         &s.path("u"),
         &s.path("w"),
-        "",
+        extra,
     );
     let out = Command::new(bin())
         .env("UNIONFS_TEST_PAUSE", format!("{point}:{ms}"))
@@ -263,4 +268,99 @@ fn lookup_during_copy_up_finds_the_same_node() {
         "listing during the copy-up"
     );
     assert_eq!(after.ok(), Some(before), "st_ino after the copy-up");
+}
+
+/// Maps the first page of `f` shared and read-only and copies it with a syscall (`pwrite`
+/// to a memfd), so that a page beyond the kernel's idea of the file's end fails the copy
+/// with EFAULT instead of killing the test with SIGBUS.
+fn fault_first_page(f: &std::fs::File) -> Result<(), i32> {
+    let len = 4096;
+    let sink = nix::sys::memfd::memfd_create("races-sink", nix::sys::memfd::MFdFlags::empty())
+        .unwrap_or_else(|e| panic!("memfd_create: {e}"));
+    // SAFETY: a fresh mapping at an address the kernel picks, of an open file; nothing
+    // else refers to it, and it is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: addr is len mapped bytes, read only by the kernel (no Rust reference).
+    let r = unsafe { libc::pwrite(sink.as_raw_fd(), addr, len, 0) };
+    let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: the mapping made above, of len bytes, not used after this.
+    unsafe { libc::munmap(addr, len) };
+    if r < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+/// An `O_TRUNC` open of a file while another process's append to it is in the daemon
+/// (held there by the pause; the appender holds the kernel's inode lock meanwhile). The
+/// VFS truncates an `O_TRUNC` open under the inode lock (`handle_truncate`), so the
+/// truncation comes after the append, and on the kernel's overlay the file is then empty.
+/// With `FUSE_ATOMIC_O_TRUNC` the daemon truncated at OPEN, before the append landed, and
+/// the kernel's `handle_truncate` only set its size to 0 (`fuse_do_setattr`, `ATTR_OPEN`):
+/// the appended bytes stayed in the file behind a hole, a mapping of it took SIGBUS while
+/// stat and read showed them (issue 14's mmap readers under `nopassthrough`), and a GETATTR
+/// later brought them back.
+#[test]
+fn open_trunc_during_an_append_truncates_after_it() {
+    if !require_root("open_trunc_during_an_append_truncates_after_it") {
+        return;
+    }
+    for frontend in ["wire", "fuser"] {
+        open_trunc_during_an_append(frontend);
+    }
+}
+
+fn open_trunc_during_an_append(frontend: &str) {
+    let s = setup(&format!("race-otrunc-{frontend}"));
+    // Data through the daemon: passthrough writes never reach it.
+    let opts = format!("nopassthrough,frontend={frontend}");
+    let mut m = mount_paused_with(&s, "write", 600, &opts);
+    let file = s.path("m/d/a");
+    let target = file.clone();
+    let appender = std::thread::spawn(move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(target)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"appended\n"))
+    });
+    // Well inside the daemon's pause of the append's WRITE.
+    std::thread::sleep(Duration::from_millis(200));
+    let truncated = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file);
+    let appended = appender
+        .join()
+        .unwrap_or_else(|_| panic!("appender panicked"));
+    let reader = std::fs::File::open(&file);
+    // Before any stat: what the kernel holds as the size after the truncating open.
+    let mapped = reader
+        .as_ref()
+        .map(fault_first_page)
+        .map_err(ToString::to_string);
+    let size = std::fs::metadata(&file).map(|m| m.len());
+    let content = std::fs::read(&file);
+    drop((truncated, reader));
+    m.unmount();
+    appended.unwrap_or_else(|e| panic!("append: {e}"));
+    let content = content.unwrap_or_else(|e| panic!("read: {e}"));
+    assert_eq!(
+        (size.ok(), String::from_utf8_lossy(&content).into_owned()),
+        (Some(0), String::new()),
+        "frontend={frontend}: after the O_TRUNC open that waited for the append (a \
+         mapping of the file then gave {mapped:?}, errno 14 is EFAULT: SIGBUS)"
+    );
 }

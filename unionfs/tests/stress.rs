@@ -650,24 +650,13 @@ impl Tally {
 }
 
 /// Runs `n` workers on `mnt` for `secs` and gathers what they report.
-fn run_workers(
-    mnt: &Path,
-    scratch: &Path,
-    n: usize,
-    seed: u64,
-    secs: f64,
-    ops: Option<&str>,
-) -> Tally {
+fn run_workers(mnt: &Path, scratch: &Path, n: usize, seed: u64, secs: f64) -> Tally {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let mut ws = Workers(Vec::new());
     for id in 0..n {
         let out = scratch.join(format!("worker{id}.out"));
         let spec = format!("{}|{id}|{seed}|{secs}|{}", mnt.display(), out.display());
-        let mut cmd = Command::new(&exe);
-        if let Some(ops) = ops {
-            cmd.env("STRESS_OPS", ops);
-        }
-        let child = cmd
+        let child = Command::new(&exe)
             .args(["--exact", "worker_child", "--nocapture", "--test-threads=1"])
             .env(WORKER_ENV, spec)
             .stdin(Stdio::null())
@@ -1027,31 +1016,6 @@ fn layout(tag: &str, disks: Disks) -> (Scratch, Vec<Tmpfs>, Union) {
 }
 
 /// The stress load on unionfs with `extra` options, then the checks (see the module doc).
-/// The mix of the short run (CI) without mmap reads under `nopassthrough`: there, an mmap
-/// reader of a file others truncate, append to and re-create can take SIGBUS with nothing
-/// changed by the time it looks (about once a minute in this load; never with the
-/// defaults nor on the kernel's overlay; issue 14 is open for it). Long runs
-/// (`STRESS_SECONDS`) and `STRESS_OPS` keep the whole mix; the skip is listed.
-fn known_gap(extra: &str) -> Option<String> {
-    let asked = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
-    if extra != "nopassthrough" || asked("STRESS_OPS") || asked("STRESS_SECONDS") {
-        return None;
-    }
-    skip(
-        "stress mmap-read under nopassthrough",
-        Skip::Expected,
-        "a rare SIGBUS of mmap readers under nopassthrough (issue 14, open); \
-         STRESS_SECONDS=N runs the whole mix",
-    );
-    Some(
-        MIX.iter()
-            .filter(|(o, _)| *o != Op::MmapRead)
-            .map(|(o, _)| o.name())
-            .collect::<Vec<_>>()
-            .join(","),
-    )
-}
-
 fn stress_unionfs(tag: &str, extra: &str, disks: Disks) {
     let (secs, n, seed) = (seconds(), workers(), seed());
     let what = format!(
@@ -1070,8 +1034,7 @@ fn stress_unionfs(tag: &str, extra: &str, disks: Disks) {
     eprintln!("stress: {what}");
     let (s, _tmpfs, u) = layout(tag, disks);
     let mut daemon = Daemon::start(&u, extra, &s.path("unionfs.log"));
-    let ops = known_gap(extra);
-    let tally = run_workers(&u.mnt, &s.0, n, seed, secs as f64, ops.as_deref());
+    let tally = run_workers(&u.mnt, &s.0, n, seed, secs as f64);
     let seen = snapshot_timed(&u.mnt);
     let status = daemon.stop();
     let complaints = daemon.complaints();
@@ -1172,7 +1135,7 @@ fn same_names_kernel_overlay_errnos() {
     let (secs, n, seed) = ((seconds() as f64 / 4.0).max(1.0), workers(), seed());
     let (s, _tmpfs, u) = layout("stress-kernel", Disks::Scratch);
     let _k = mount_kernel_pinned(&u, &u.work);
-    let tally = run_workers(&u.mnt, &s.0, n, seed, secs, None);
+    let tally = run_workers(&u.mnt, &s.0, n, seed, secs);
     let report = format!(
         "kernel overlay, {n} workers, {secs} s, {}\n{}{}",
         load_note(seed),

@@ -147,6 +147,19 @@ impl UnionFs {
     }
 
     /// Opens the real file for a node; copies it up first when opened for writing.
+    ///
+    /// `O_TRUNC` reaches here only from a front end that grants the kernel
+    /// `FUSE_ATOMIC_O_TRUNC`, and none must (issue 14): the kernel then expects OPEN to have
+    /// truncated, and its `handle_truncate` (`fuse_do_setattr` with `ATTR_OPEN`) later only
+    /// sets its size to 0, under the inode lock but without asking us. An append that holds
+    /// that lock meanwhile lands in the file after our truncation: the kernel's overlay
+    /// would truncate after it (the VFS orders the two by the inode lock), while here its
+    /// bytes stay behind a hole the kernel believes gone, so a mapping of the file faults
+    /// (SIGBUS) while stat and read show them again. Without the flag the kernel truncates
+    /// with a SETATTR from `handle_truncate`, under the inode lock, ordered with writes as on
+    /// the overlay; the price is that OPEN no longer says `O_TRUNC`, so a lower file opened
+    /// with it is copied up with its data before the SETATTR empties it
+    /// (`races::open_trunc_during_an_append_truncates_after_it`).
     pub fn open_file(&self, ino: u64, flags: i32, caller: &crate::union::Ctx) -> Result<Opened> {
         let inode = self.inode(ino)?;
         let real = if wants_write(flags) {
@@ -304,6 +317,7 @@ impl UnionFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
+        crate::testhook::pause("write");
         h.file.read().write_all_at(data, offset)?;
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }

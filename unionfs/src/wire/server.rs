@@ -308,7 +308,8 @@ impl Server {
             | init::READDIRPLUS_AUTO
             | init::PARALLEL_DIROPS
             | init::CACHE_SYMLINKS
-            | init::ATOMIC_O_TRUNC
+            // Not ATOMIC_O_TRUNC: it races with appends (issue 14, `UnionFs::open_file`);
+            // an O_TRUNC open's truncation then comes as a SETATTR, kill flag included.
             | init::HANDLE_KILLPRIV_V2
             | init::HAS_IOCTL_DIR
             | init::SETXATTR_EXT
