@@ -913,11 +913,150 @@ fn child(mnt: PathBuf) -> i32 {
     0
 }
 
+
+// ---- the real daemon ----
+
+/// The real daemon in the foreground with `-v`, its stderr gathered by a thread.
+struct Daemon {
+    child: std::process::Child,
+    log: Option<JoinHandle<String>>,
+    mnt: PathBuf,
+}
+
+impl Daemon {
+    fn start(s: &Scratch, uring: &str, env: &[(&str, &str)]) -> Daemon {
+        let mnt = s.path("mnt");
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("-f").arg("-v").arg("-o").arg(format!(
+            "lowerdir={},upperdir={},workdir={},uring={uring}",
+            s.path("lower").display(),
+            s.path("upper").display(),
+            s.path("work").display()
+        ));
+        cmd.arg(&mnt).stdin(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("run unionfs");
+        let mut err = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        let d = Daemon {
+            child,
+            log: Some(log),
+            mnt,
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while mount_entry(&d.mnt).is_none() {
+            assert!(Instant::now() < end, "unionfs did not mount");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    /// Names of the daemon's threads that serve a ring queue.
+    fn ring_threads(&self) -> usize {
+        let dir = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.starts_with("unionfs-ring-"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then the exit status (None: it did not exit in time and was killed) and
+    /// what it logged.
+    fn terminate(mut self) -> (Option<std::process::ExitStatus>, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let st = wait_exit(&mut self.child, Duration::from_secs(20));
+        let log = self.log.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        (st, log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if mount_entry(&self.mnt).is_some() {
+            let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `uring=auto` where enable_uring is N: the daemon serves through /dev/fuse, says so with
+/// `-v`, starts no ring thread, and SIGTERM unmounts it.
+fn daemon_auto_without_the_ring_serves_dev_fuse() {
+    let _param = Param::set(false).expect("enable_uring");
+    let s = Scratch::new("uring-auto");
+    s.mkdirs(&["lower", "upper", "work", "mnt"]);
+    std::fs::write(s.path("lower/a"), "lower\n").expect("write lower");
+    let d = Daemon::start(&s, "auto", &[]);
+    std::fs::write(d.mnt.join("a"), "written\n").expect("write through the mount");
+    let back = std::fs::read_to_string(d.mnt.join("a")).expect("read back");
+    assert_eq!(back, "written\n");
+    assert_eq!(d.ring_threads(), 0, "a ring thread without the ring");
+    let mnt = d.mnt.clone();
+    let (st, log) = d.terminate();
+    assert!(st.is_some_and(|s| s.success()), "unionfs: {st:?}: {log}");
+    assert!(log.contains("transport: /dev/fuse"), "{log}");
+    assert!(mount_entry(&mnt).is_none(), "still mounted");
+    let upper = std::fs::read_to_string(s.path("upper/a")).expect("upper copy");
+    assert_eq!(upper, "written\n");
+}
+
+/// `uring=on` with enable_uring Y: one queue thread per possible CPU serves; a SIGTERM that
+/// comes while a request is held inside the daemon (a copy-up paused by the test hook)
+/// lets that request finish, then the daemon unmounts, joins its queues and exits 0.
+fn daemon_ring_sigterm_while_busy() {
+    let _param = Param::set(true).expect("enable_uring");
+    let s = Scratch::new("uring-busy");
+    s.mkdirs(&["lower", "upper", "work", "mnt"]);
+    std::fs::write(s.path("lower/big"), vec![7u8; 1 << 20]).expect("write lower");
+    let d = Daemon::start(&s, "on", &[("UNIONFS_TEST_PAUSE", "copy-up-placed:1500")]);
+    let cpus = uring::possible_cpus().expect("possible cpus").len();
+    assert_eq!(d.ring_threads(), cpus, "one queue thread per possible CPU");
+    for _ in 0..50 {
+        std::fs::metadata(d.mnt.join("big")).expect("stat through the ring");
+    }
+    let big = d.mnt.join("big");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&big)
+            .and_then(|mut f| f.write_all(b"+"));
+        let _ = tx.send(r.map_err(|e| e.raw_os_error()));
+    });
+    // Inside the copy-up's pause by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let mnt = d.mnt.clone();
+    let (st, log) = d.terminate();
+    let appended = rx.recv_timeout(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "unionfs: {st:?}: {log}");
+    assert!(log.contains("transport: io_uring"), "{log}");
+    assert_eq!(appended, Ok(Ok(())), "the held append");
+    assert!(mount_entry(&mnt).is_none(), "still mounted");
+    let len = std::fs::metadata(s.path("upper/big")).map(|m| m.len());
+    assert_eq!(len.ok(), Some((1 << 20) + 1), "the append reached the upper copy");
+}
+
 fn main() {
     if let Some(mnt) = std::env::var_os("UNIONFS_URING_CHILD") {
         std::process::exit(child(PathBuf::from(mnt)));
     }
-    let cases: [(&str, fn()); 8] = [
+    let cases: [(&str, fn()); 10] = [
         ("ring_serves_each_cpu", ring_serves_each_cpu),
         ("ring_moves_payloads", ring_moves_payloads),
         ("busy_ring_unmount", busy_ring_unmount),
@@ -935,6 +1074,11 @@ fn main() {
         ),
         ("sigterm_unmounts", sigterm_unmounts),
         ("killed_daemon_leaves_no_hang", killed_daemon_leaves_no_hang),
+        (
+            "daemon_auto_without_the_ring_serves_dev_fuse",
+            daemon_auto_without_the_ring_serves_dev_fuse,
+        ),
+        ("daemon_ring_sigterm_while_busy", daemon_ring_sigterm_while_busy),
     ];
     // libtest's flags are accepted and ignored; a bare word filters by substring.
     let filters: Vec<String> = std::env::args()
