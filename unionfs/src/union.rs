@@ -359,6 +359,7 @@ impl UnionFs {
             let pst = p.state.read();
             crate::lookup::resolve(&self.layers, &self.redirects, &pst, name)?
         };
+        crate::testhook::pause("lookup-resolved");
         if crate::trace::lookups_on() {
             crate::trace::lookup(self, &p, name, found.as_ref());
         }

@@ -364,3 +364,76 @@ fn open_trunc_during_an_append(frontend: &str) {
          mapping of the file then gave {mapped:?}, errno 14 is EFAULT: SIGBUS)"
     );
 }
+
+/// `unlink-lower-during-copy-up`: the unlink of a lower file whose copy-up (an open for
+/// writing, which the kernel does not serialize with the unlink) places the copy between
+/// the unlink's look at the upper directory and its use of the node. The lookup inside
+/// the unlink must not make a second, lower-only node for the file (it then made a
+/// whiteout over the copy: EEXIST, 1 in 133k operations of the stress load); on the
+/// kernel's overlay the unlink removes the copy and leaves a whiteout
+/// (`ovl_remove_and_whiteout`), and the open file stays writable.
+#[test]
+fn unlink_of_a_lower_file_during_its_copy_up() {
+    if !require_root("unlink_of_a_lower_file_during_its_copy_up") {
+        return;
+    }
+    let prepare = |s: &Scratch| {
+        // In the root, whose upper exists: the copy-up copies no parent first.
+        std::fs::write(s.path("l/top"), "lower top\n").unwrap_or_else(|e| panic!("{e}"));
+    };
+    let open_w = |p: &Path| std::fs::OpenOptions::new().append(true).open(p);
+    // The oracle: the kernel's overlay, open for writing then unlink (the copy placed
+    // before the unlink looks, which is what the race comes down to there).
+    let k = setup("race-unlink-copyup-k");
+    prepare(&k);
+    let mut km = mount_kernel(
+        &k.path("l").display().to_string(),
+        &k.path("u"),
+        &k.path("w"),
+        &k.path("m"),
+        "",
+    );
+    let kf = open_w(&k.path("m/top")).unwrap_or_else(|e| panic!("open: {e}"));
+    let kunlinked = std::fs::remove_file(k.path("m/top")).map_err(|e| e.raw_os_error());
+    let kwrote = std::io::Write::write_all(&mut &kf, b"+").map_err(|e| e.raw_os_error());
+    let kgone = std::fs::symlink_metadata(k.path("m/top")).map_err(|e| e.raw_os_error());
+    drop(kf);
+    km.unmount();
+    assert_eq!(
+        (kunlinked, kwrote, kgone.map(|_| ())),
+        (Ok(()), Ok(()), Err(Some(libc::ENOENT))),
+        "the kernel's overlay"
+    );
+    // unionfs: the unlink's lookup held after it probed the layers, the copy-up of the
+    // open running meanwhile.
+    let s = setup("race-unlink-copyup");
+    prepare(&s);
+    // Requests from /dev/fuse on several threads: the open must not queue behind the
+    // paused unlink (as it may on the unlink's io_uring queue).
+    let mut m = mount_paused_with(&s, "lookup-resolved", 500, "uring=off,threads=4");
+    // The name is cached in the kernel from here on: no LOOKUP precedes the requests.
+    std::fs::symlink_metadata(s.path("m/top")).unwrap_or_else(|e| panic!("{e}"));
+    let gone = s.path("m/top");
+    let remover = std::thread::spawn(move || std::fs::remove_file(gone));
+    // Well inside the pause of the unlink's lookup.
+    std::thread::sleep(Duration::from_millis(200));
+    let f = open_w(&s.path("m/top"));
+    let unlinked = remover
+        .join()
+        .unwrap_or_else(|_| panic!("unlink thread panicked"))
+        .map_err(|e| e.raw_os_error());
+    let wrote = f
+        .as_ref()
+        .map_err(|e| e.raw_os_error())
+        .and_then(|f| std::io::Write::write_all(&mut &*f, b"+").map_err(|e| e.raw_os_error()));
+    let after = std::fs::symlink_metadata(s.path("m/top")).map_err(|e| e.raw_os_error());
+    let upper = std::fs::symlink_metadata(s.path("u/top")).map(|m| m.mode() & libc::S_IFMT);
+    drop(f);
+    m.unmount();
+    assert_eq!(
+        (unlinked, wrote, after.map(|_| ())),
+        (Ok(()), Ok(()), Err(Some(libc::ENOENT))),
+        "unlink during the copy-up of an open for writing (errno 17 is EEXIST)"
+    );
+    assert_eq!(upper.ok(), Some(libc::S_IFCHR), "a whiteout in upper");
+}

@@ -411,7 +411,12 @@ impl UnionFs {
         pin_victim(node, &mut st)?;
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?.as_fd(), name, dir)?,
-            (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name)?,
+            (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name).inspect_err(|e| {
+                log::debug!(
+                    "unlink {name:?}: node {} has no upper, whiteout: {e}",
+                    node.ino
+                )
+            })?,
             (true, true) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
