@@ -412,10 +412,9 @@ impl UnionFs {
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?.as_fd(), name, dir)?,
             (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name).inspect_err(|e| {
-                log::debug!(
-                    "unlink {name:?}: node {} has no upper, whiteout: {e}",
-                    node.ino
-                )
+                // The node was found lower-only under the name (see `UnionFs::lookup`):
+                // EEXIST here would mean that the name shows another object.
+                log::warn!("remove {name:?}: whiteout over a lower-only node: {e}")
             })?,
             (true, true) => {
                 let work = self.work_fd()?;
