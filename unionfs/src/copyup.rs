@@ -272,6 +272,9 @@ fn copy_up_one(
             RenameFlags::RENAME_NOREPLACE,
         ),
     };
+    if linked.is_ok() {
+        fs.inodes.copy_placed();
+    }
     crate::testhook::pause("copy-up-placed");
     // The descriptor still names the object after the link or rename.
     let placed = linked

@@ -676,6 +676,8 @@ pub struct InodeTable {
     shrinking: Arc<std::sync::atomic::AtomicBool>,
     /// The directory descriptor cache, purged with the table (see `DirCache::purge`).
     dirs: Arc<std::sync::OnceLock<Arc<crate::dirfd::DirCache>>>,
+    /// How many copy-ups have put their copy under its name (see `copies_placed`).
+    placed: AtomicU64,
 }
 
 impl InodeTable {
@@ -773,6 +775,22 @@ impl InodeTable {
             state = std::mem::replace(&mut *st, placeholder);
             candidate = self.synthetic();
         }
+    }
+
+    /// Counts a copy-up that has just put its copy under its name. Called with the
+    /// node's state still write-locked, before the index forgets its lower object: a
+    /// lookup that saw the node in either state afterwards sees the count changed.
+    pub fn copy_placed(&self) {
+        self.placed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many copy-ups have put their copy under its name so far. A lookup that found
+    /// a name lower-only while the count changed may have probed the upper directory
+    /// just before a copy-up linked the copy there, and then met the node after the copy
+    /// (or, the index already past it, made a second node for the lower object): see
+    /// `UnionFs::lookup`.
+    pub fn copies_placed(&self) -> u64 {
+        self.placed.load(Ordering::SeqCst)
     }
 
     /// Drops `key` from the object index if it names `ino` (a copy-up that failed).

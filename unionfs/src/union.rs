@@ -149,6 +149,10 @@ pub struct UnionFs {
     root_ino: u64,
 }
 
+/// How many times a lookup is done when copy-ups keep taking its name meanwhile (see
+/// `UnionFs::lookup`); the last answer stands.
+const LOOKUP_ATTEMPTS: u32 = 8;
+
 impl UnionFs {
     pub fn new(layers: Layers, config: Config) -> Result<UnionFs> {
         let inodes = InodeTable::new();
@@ -350,31 +354,81 @@ impl UnionFs {
     }
 
     /// Resolves `name` under `parent` and returns its node with one more lookup counted.
+    ///
+    /// The kernel serializes a lookup with the changes of names in the directory, but not
+    /// with a copy-up (an open for writing, a chmod, a setxattr: no directory lock), which
+    /// puts a new object under the name. A lookup that probed the upper directory just
+    /// before the copy got its name found the name lower-only, and met the node only after
+    /// the copy-up: it then made a second node for the lower object, while the name shows
+    /// the first node's copy. An unlink with that node made a whiteout over the copy
+    /// (EEXIST), a chmod copied it up again (EEXIST). So when a copy-up was placed
+    /// meanwhile and the upper directory now shows the name, the lookup is done again:
+    /// it finds the copy, and the node that made it.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Arc<Inode>, Attr)> {
         let p = self.inode(parent)?;
         if !p.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        let mut attempt = 1;
+        loop {
+            let placed = self.inodes.copies_placed();
+            let (inode, attr, lower_only) = self.lookup_once(&p, parent, name)?;
+            if lower_only
+                && attempt < LOOKUP_ATTEMPTS
+                && self.inodes.copies_placed() != placed
+                && self.upper_shows(&p, name)
+            {
+                log::debug!(
+                    "lookup {name:?} in {parent}: a copy-up took the name meanwhile, again"
+                );
+                self.inodes.forget(inode.ino, 1);
+                attempt += 1;
+                continue;
+            }
+            return Ok((inode, attr));
+        }
+    }
+
+    /// One lookup (see `lookup`); also whether the name was found in lower layers only.
+    fn lookup_once(
+        &self,
+        p: &Inode,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<(Arc<Inode>, Attr, bool)> {
         let found = {
             let pst = p.state.read();
             crate::lookup::resolve(&self.layers, &self.redirects, &pst, name)?
         };
+        crate::testhook::pause("lookup-resolved");
         if crate::trace::lookups_on() {
-            crate::trace::lookup(self, &p, name, found.as_ref());
+            crate::trace::lookup(self, p, name, found.as_ref());
         }
         let found = found.ok_or(Errno::ENOENT)?;
         if found.fix_origin && !self.layers.read_only() {
-            self.fix_origin(&p, &found);
+            self.fix_origin(p, &found);
         }
         let merged = found.kind == libc::S_IFDIR
             && found.lowers.len() + usize::from(found.upper.is_some()) > 1;
+        let lower_only = found.upper.is_none();
         let st = found.st;
         let kind = found.kind;
         let natural = found.natural_ino;
         let inode = self
             .inodes
             .get_or_insert(natural, kind, found.into_state(parent, name));
-        Ok((Arc::clone(&inode), Attr::from_stat(inode.ino, &st, merged)))
+        let attr = Attr::from_stat(inode.ino, &st, merged);
+        Ok((inode, attr, lower_only))
+    }
+
+    /// Whether the parent's upper directory holds an object (not a whiteout) as `name`.
+    fn upper_shows(&self, p: &Inode, name: &OsStr) -> bool {
+        let Some(pu) = p.state.read().upper.clone() else {
+            return false;
+        };
+        pu.dir_ref()
+            .and_then(|d| crate::lookup::probe(d, name, false))
+            .is_ok_and(|r| matches!(r, crate::lookup::Probe::Found(..)))
     }
 
     /// Records the first lower directory as the origin of a merged directory and marks the

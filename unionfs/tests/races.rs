@@ -2,7 +2,8 @@
 //! the daemon pauses at a named point inside the rename or unlink (`UNIONFS_TEST_PAUSE`,
 //! see `testhook.rs`) while the test sends a request on the same node. Under concurrent
 //! load these requests read the node's old name, found the whiteout there and the kernel
-//! answered EIO.
+//! answered EIO. Also a lookup in the daemon racing a copy-up of the name (the pause
+//! after its probe of the layers): an unlink or rename of a lower file during its copy-up.
 
 mod common;
 
@@ -362,5 +363,165 @@ fn open_trunc_during_an_append(frontend: &str) {
         (Some(0), String::new()),
         "frontend={frontend}: after the O_TRUNC open that waited for the append (a \
          mapping of the file then gave {mapped:?}, errno 14 is EFAULT: SIGBUS)"
+    );
+}
+
+/// What one name change of `m/top` gave while an open for writing copied the file up:
+/// the change's result, a write through the open file, what `m/top` and `m/moved` show
+/// after (`None`: absent), and the type of `u/top` (`None`: absent).
+type Outcome = (
+    Result<(), Option<i32>>,
+    Result<(), Option<i32>>,
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+);
+
+/// The name changes that look the name up again in the daemon.
+#[derive(Clone, Copy, Debug)]
+enum NameChange {
+    Unlink,
+    Rename,
+}
+
+impl NameChange {
+    fn run(self, m: &Path) -> std::io::Result<()> {
+        match self {
+            NameChange::Unlink => std::fs::remove_file(m.join("top")),
+            NameChange::Rename => std::fs::rename(m.join("top"), m.join("moved")),
+        }
+    }
+}
+
+/// The rest of an `Outcome`, once the change and the write are done.
+fn outcome_after(
+    s: &Scratch,
+    changed: Result<(), Option<i32>>,
+    wrote: Result<(), Option<i32>>,
+) -> Outcome {
+    let read = |n: &str| std::fs::read_to_string(s.path(n)).ok();
+    let upper = std::fs::symlink_metadata(s.path("u/top"))
+        .ok()
+        .map(|m| m.mode() & libc::S_IFMT);
+    (changed, wrote, read("m/top"), read("m/moved"), upper)
+}
+
+fn errno_of(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+fn open_w(p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).open(p)
+}
+
+/// The oracle: the kernel's overlay, the open (and its copy-up) before the change, which
+/// is what the race comes down to there (`ovl_remove_and_whiteout` exchanges a whiteout
+/// with the copy it finds under the name; a rename moves the copy).
+fn change_after_copy_up_on_kernel(change: NameChange) -> Outcome {
+    let k = setup(&format!("race-{change:?}-copyup-k"));
+    std::fs::write(k.path("l/top"), "lower top\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut km = mount_kernel(
+        &k.path("l").display().to_string(),
+        &k.path("u"),
+        &k.path("w"),
+        &k.path("m"),
+        "",
+    );
+    let f = open_w(&k.path("m/top")).unwrap_or_else(|e| panic!("open: {e}"));
+    let changed = change.run(&k.path("m")).map_err(|e| errno_of(&e));
+    let wrote = std::io::Write::write_all(&mut &f, b"+").map_err(|e| errno_of(&e));
+    drop(f);
+    let out = outcome_after(&k, changed, wrote);
+    km.unmount();
+    out
+}
+
+/// unionfs: the change's lookup of the name (in the daemon) held after it probed the
+/// layers and found the file lower-only, the copy-up of an open for writing placing the
+/// copy meanwhile.
+fn change_during_copy_up_on_unionfs(change: NameChange) -> Outcome {
+    let s = setup(&format!("race-{change:?}-copyup"));
+    // In the root, whose upper exists: the copy-up copies no parent first.
+    std::fs::write(s.path("l/top"), "lower top\n").unwrap_or_else(|e| panic!("{e}"));
+    // Requests from /dev/fuse on several threads: the open must not queue behind the
+    // paused change (as it may on the change's io_uring queue).
+    let mut m = mount_paused_with(&s, "lookup-resolved", 500, "uring=off,threads=4");
+    // The name is cached in the kernel from here on: no LOOKUP precedes the open.
+    std::fs::symlink_metadata(s.path("m/top")).unwrap_or_else(|e| panic!("{e}"));
+    let mnt = s.path("m");
+    let changer = std::thread::spawn(move || change.run(&mnt));
+    // Well inside the pause of the change's lookup: a rename's comes after the LOOKUP
+    // of its target, which the kernel always sends again (LOOKUP_RENAME_TARGET) and
+    // which pauses too.
+    let wait = match change {
+        NameChange::Unlink => 200,
+        NameChange::Rename => 700,
+    };
+    std::thread::sleep(Duration::from_millis(wait));
+    let f = open_w(&s.path("m/top"));
+    let changed = changer
+        .join()
+        .unwrap_or_else(|_| panic!("{change:?} thread panicked"))
+        .map_err(|e| errno_of(&e));
+    let wrote = f
+        .as_ref()
+        .map_err(errno_of)
+        .and_then(|f| std::io::Write::write_all(&mut &*f, b"+").map_err(|e| errno_of(&e)));
+    drop(f);
+    let out = outcome_after(&s, changed, wrote);
+    m.unmount();
+    out
+}
+
+/// `unlink-lower-during-copy-up`: the unlink of a lower file while an open for writing
+/// (which the kernel does not serialize with the unlink) copies it up, the copy placed
+/// between the unlink's look at the upper directory and its use of the node. The lookup
+/// inside the unlink made a second, lower-only node for the file, and a whiteout over the
+/// copy failed: EEXIST (1 in 133k operations of the stress load). On the kernel's overlay
+/// the unlink succeeds, leaves a whiteout, and the open file stays writable.
+#[test]
+fn unlink_of_a_lower_file_during_its_copy_up() {
+    if !require_root("unlink_of_a_lower_file_during_its_copy_up") {
+        return;
+    }
+    let want = change_after_copy_up_on_kernel(NameChange::Unlink);
+    assert_eq!(
+        want,
+        (Ok(()), Ok(()), None, None, Some(libc::S_IFCHR)),
+        "the kernel's overlay"
+    );
+    let got = change_during_copy_up_on_unionfs(NameChange::Unlink);
+    assert_eq!(
+        got, want,
+        "unlink during the copy-up of an open for writing: unionfs, kernel overlay (errno \
+         17 is EEXIST)"
+    );
+}
+
+/// `rename-lower-during-copy-up`: the same race with a rename of the file. With the
+/// second node the rename copied the file up again, and the copy found the name taken:
+/// EEXIST. On the kernel's overlay the copy moves, and the open file writes to it.
+#[test]
+fn rename_of_a_lower_file_during_its_copy_up() {
+    if !require_root("rename_of_a_lower_file_during_its_copy_up") {
+        return;
+    }
+    let want = change_after_copy_up_on_kernel(NameChange::Rename);
+    assert_eq!(
+        want,
+        (
+            Ok(()),
+            Ok(()),
+            None,
+            Some("lower top\n+".into()),
+            Some(libc::S_IFCHR)
+        ),
+        "the kernel's overlay"
+    );
+    let got = change_during_copy_up_on_unionfs(NameChange::Rename);
+    assert_eq!(
+        got, want,
+        "rename during the copy-up of an open for writing: unionfs, kernel overlay (errno \
+         17 is EEXIST)"
     );
 }

@@ -411,7 +411,11 @@ impl UnionFs {
         pin_victim(node, &mut st)?;
         match (has_upper, needs_whiteout) {
             (true, false) => remove_real(pu.dir()?.as_fd(), name, dir)?,
-            (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name)?,
+            (false, _) => self.whiteout_at(pu.dir()?.as_fd(), name).inspect_err(|e| {
+                // The node was found lower-only under the name (see `UnionFs::lookup`):
+                // EEXIST here would mean that the name shows another object.
+                log::warn!("remove {name:?}: whiteout over a lower-only node: {e}")
+            })?,
             (true, true) => {
                 let work = self.work_fd()?;
                 let tmp = self.tmp_name();
