@@ -70,6 +70,21 @@ impl EnableUring {
     }
 }
 
+impl EnableUring {
+    /// Runs `f` with the parameter at the value found (for what must be measured as on a
+    /// machine where the bench had not turned the ring on), then sets it to Y again.
+    pub fn as_found<T>(&self, f: impl FnOnce() -> T) -> T {
+        if let Err(e) = std::fs::write(PARAM, &self.found) {
+            eprintln!("bench: cannot put {PARAM} back to {}: {e}", self.found);
+        }
+        let r = f();
+        if let Err(e) = std::fs::write(PARAM, "Y") {
+            eprintln!("bench: cannot set {PARAM} to Y again: {e}");
+        }
+        r
+    }
+}
+
 impl Drop for EnableUring {
     fn drop(&mut self) {
         match std::fs::write(PARAM, &self.found) {
