@@ -913,7 +913,6 @@ fn child(mnt: PathBuf) -> i32 {
     0
 }
 
-
 // ---- the real daemon ----
 
 /// The real daemon in the foreground with `-v`, its stderr gathered by a thread.
@@ -978,7 +977,11 @@ impl Daemon {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let st = wait_exit(&mut self.child, Duration::from_secs(20));
-        let log = self.log.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let log = self
+            .log
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         (st, log)
     }
 }
@@ -1049,7 +1052,11 @@ fn daemon_ring_sigterm_while_busy() {
     assert_eq!(appended, Ok(Ok(())), "the held append");
     assert!(mount_entry(&mnt).is_none(), "still mounted");
     let len = std::fs::metadata(s.path("upper/big")).map(|m| m.len());
-    assert_eq!(len.ok(), Some((1 << 20) + 1), "the append reached the upper copy");
+    assert_eq!(
+        len.ok(),
+        Some((1 << 20) + 1),
+        "the append reached the upper copy"
+    );
 }
 
 fn main() {
@@ -1078,7 +1085,10 @@ fn main() {
             "daemon_auto_without_the_ring_serves_dev_fuse",
             daemon_auto_without_the_ring_serves_dev_fuse,
         ),
-        ("daemon_ring_sigterm_while_busy", daemon_ring_sigterm_while_busy),
+        (
+            "daemon_ring_sigterm_while_busy",
+            daemon_ring_sigterm_while_busy,
+        ),
     ];
     // libtest's flags are accepted and ignored; a bare word filters by substring.
     let filters: Vec<String> = std::env::args()
