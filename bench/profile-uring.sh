@@ -2,7 +2,8 @@
 # Profiles metadata workloads on unionfs through /dev/fuse (uring=off) and FUSE over io_uring
 # (uring=on), twice each: wall time, context switches of the whole machine (perf stat -a) and the
 # daemon's CPU ticks. As root, after cargo build --release -p unionfs; sets the fuse module's
-# enable_uring to Y under the same lock as the tests and bench, and puts it back. README, Performance.
+# enable_uring to Y under the same lock as the tests and bench, and puts it back. Needs perf
+# (Debian: linux-perf). README, Performance.
 set -u
 B=$(dirname "$0")/../target/release/unionfs
 S=/tmp/prof.$$
