@@ -851,10 +851,22 @@ impl InodeTable {
         let spawned = std::thread::Builder::new()
             .name("unionfs-shrink".into())
             .spawn(move || {
-                std::thread::sleep(SHRINK_DELAY);
-                // The table is gone (unmounted): nothing to give back.
-                if let (Some(map), Some(by_object)) = (map.upgrade(), by_object.upgrade()) {
+                // Forgets come in bursts (the kernel's shrinker, `drop_caches` walking its
+                // lists): shrink once the table has stopped shrinking, and again if it
+                // went on shrinking meanwhile, or what the later forgets free would stay.
+                let mut last = usize::MAX;
+                loop {
+                    std::thread::sleep(SHRINK_DELAY);
+                    // The table is gone (unmounted): nothing to give back.
+                    let (Some(map), Some(by_object)) = (map.upgrade(), by_object.upgrade()) else {
+                        break;
+                    };
+                    let len = map.len();
+                    if len >= last {
+                        break;
+                    }
                     shrink(&map, &by_object, &peak, dirs.get());
+                    last = len;
                 }
                 shrinking.store(false, Ordering::Release);
             });
