@@ -552,7 +552,7 @@ fn no_fuse_passthrough() -> Option<String> {
 /// read-only clone, failed (EROFS), and answered the append's `open` with EIO (the
 /// `mixed-par` bench's one failure). On the kernel's overlay both succeed and the append
 /// lands in the copy; here the append waits for the reader's release, then passes through
-/// to the copy.
+/// to the copy. Both front ends.
 #[test]
 fn append_open_of_a_lower_file_during_a_passthrough_read_open() {
     let name = "append_open_of_a_lower_file_during_a_passthrough_read_open";
@@ -563,8 +563,15 @@ fn append_open_of_a_lower_file_during_a_passthrough_read_open() {
         skip(name, Skip::Missing, &why);
         return;
     }
-    let s = setup("race-ptall-append");
-    let mut m = mount_paused_with(&s, "open-write-checked", 600, "passthrough=all");
+    for frontend in ["wire", "fuser"] {
+        append_open_during_a_passthrough_read_open(frontend);
+    }
+}
+
+fn append_open_during_a_passthrough_read_open(frontend: &str) {
+    let s = setup(&format!("race-ptall-append-{frontend}"));
+    let opts = format!("passthrough=all,frontend={frontend}");
+    let mut m = mount_paused_with(&s, "open-write-checked", 600, &opts);
     let file = s.path("m/d/a");
     let target = file.clone();
     let appender = std::thread::spawn(move || {
@@ -589,15 +596,16 @@ fn append_open_of_a_lower_file_during_a_passthrough_read_open() {
     assert_eq!(
         read.map_err(|e| e.raw_os_error()),
         Ok("lower a\n".to_string()),
-        "the read open during the append's open"
+        "frontend={frontend}: the read open during the append's open"
     );
     assert_eq!(
         appended.map_err(|e| e.raw_os_error()),
         Ok(()),
-        "the append (errno 5 is EIO: its open got the lower backing file)"
+        "frontend={frontend}: the append (errno 5 is EIO: its open got the lower backing file)"
     );
     assert_eq!(
         after.map_err(|e| e.raw_os_error()),
-        Ok("lower a\nappended\n".to_string())
+        Ok("lower a\nappended\n".to_string()),
+        "frontend={frontend}: the file after"
     );
 }
