@@ -755,6 +755,7 @@ impl Filesystem for FuseAdapter {
             real,
             upper: true,
             lower: None,
+            write: true,
         };
         let path = match self
             .fs

@@ -525,3 +525,87 @@ fn rename_of_a_lower_file_during_its_copy_up() {
          17 is EEXIST)"
     );
 }
+
+/// Whether this kernel has FUSE passthrough (6.9 and later): `None` when it has, else why not.
+fn no_fuse_passthrough() -> Option<String> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if (major, minor) >= (6, 9) {
+        None
+    } else {
+        Some(format!(
+            "kernel {release} has no FUSE passthrough (6.9 or later)"
+        ))
+    }
+}
+
+/// `passthrough=all`, a lower file `d/a`: an append opens it (found no lower passthrough
+/// open, the daemon paused before its copy-up, `open-write-checked`) while a reader opens
+/// the lower file and holds it a little. The reader's open passed through to the lower file (a backing file
+/// from the read-only clone of the layer), and the append's open then got that same
+/// backing id (`DataPath::Direct`): the kernel opened the lower file for writing on the
+/// read-only clone, failed (EROFS), and answered the append's `open` with EIO (the
+/// `mixed-par` bench's one failure). On the kernel's overlay both succeed and the append
+/// lands in the copy; here the append waits for the reader's release, then passes through
+/// to the copy. Both front ends.
+#[test]
+fn append_open_of_a_lower_file_during_a_passthrough_read_open() {
+    let name = "append_open_of_a_lower_file_during_a_passthrough_read_open";
+    if !require_root(name) {
+        return;
+    }
+    if let Some(why) = no_fuse_passthrough() {
+        skip(name, Skip::Missing, &why);
+        return;
+    }
+    for frontend in ["wire", "fuser"] {
+        append_open_during_a_passthrough_read_open(frontend);
+    }
+}
+
+fn append_open_during_a_passthrough_read_open(frontend: &str) {
+    let s = setup(&format!("race-ptall-append-{frontend}"));
+    let opts = format!("passthrough=all,frontend={frontend}");
+    let mut m = mount_paused_with(&s, "open-write-checked", 600, &opts);
+    let file = s.path("m/d/a");
+    let target = file.clone();
+    let appender = std::thread::spawn(move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(target)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"appended\n"))
+    });
+    // Well inside the daemon's pause of the append's OPEN; held until after it ends.
+    std::thread::sleep(Duration::from_millis(200));
+    let read = std::fs::File::open(&file).and_then(|mut f| {
+        let mut v = String::new();
+        std::io::Read::read_to_string(&mut f, &mut v)?;
+        std::thread::sleep(Duration::from_millis(700));
+        Ok(v)
+    });
+    let appended = appender
+        .join()
+        .unwrap_or_else(|_| panic!("appender panicked"));
+    let after = std::fs::read_to_string(&file);
+    m.unmount();
+    assert_eq!(
+        read.map_err(|e| e.raw_os_error()),
+        Ok("lower a\n".to_string()),
+        "frontend={frontend}: the read open during the append's open"
+    );
+    assert_eq!(
+        appended.map_err(|e| e.raw_os_error()),
+        Ok(()),
+        "frontend={frontend}: the append (errno 5 is EIO: its open got the lower backing file)"
+    );
+    assert_eq!(
+        after.map_err(|e| e.raw_os_error()),
+        Ok("lower a\nappended\n".to_string()),
+        "frontend={frontend}: the file after"
+    );
+}

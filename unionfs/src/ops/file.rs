@@ -52,6 +52,8 @@ pub struct Opened {
     pub upper: bool,
     /// The lower object opened, when it is one (for `backing_file`).
     pub lower: Option<crate::inode::Real>,
+    /// Opened for writing (see `data_path`).
+    pub write: bool,
 }
 
 /// Whether a lower file passes through for some open of the node (`passthrough=all`).
@@ -66,11 +68,20 @@ fn lower_backing_live(opens: &crate::inode::Opens) -> bool {
 /// are. A file closed just before comes to us as a RELEASE the kernel sends in the
 /// background, which another request thread handles meanwhile.
 fn lower_backing_gone(inode: &crate::inode::Inode) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     let mut opens = inode.opens.lock();
-    while lower_backing_live(&opens) {
-        if inode.released.wait_until(&mut opens, deadline).timed_out() {
-            return !lower_backing_live(&opens);
+    lower_backing_gone_locked(inode, &mut opens)
+}
+
+/// `lower_backing_gone` with the node's `opens` locked by the caller (unlocked while
+/// waiting).
+fn lower_backing_gone_locked(
+    inode: &crate::inode::Inode,
+    opens: &mut crate::inode::OpensGuard<'_>,
+) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while lower_backing_live(opens) {
+        if inode.released.wait_until(opens, deadline).timed_out() {
+            return !lower_backing_live(opens);
         }
     }
     true
@@ -111,6 +122,16 @@ impl UnionFs {
     ) -> Result<DataPath> {
         let inode = self.inode(ino)?;
         let mut opens = inode.opens.lock();
+        // `open_file` found no lower file passing through before it copied up, but a read
+        // open that resolved the node before the copy can have passed the lower file
+        // through since. This open would get that backing id (`Direct`), and the kernel
+        // would open the lower file for writing as its backing, on the read-only clone,
+        // and fail the open with EIO (see the race test
+        // `append_open_of_a_lower_file_during_a_passthrough_read_open`). Wait for it to go,
+        // as `open_file` does; refuse likewise.
+        if opened.write && !lower_backing_gone_locked(&inode, &mut opens) {
+            return Err(Errno(libc::ETXTBSY));
+        }
         opens.handles += 1;
         if let Some(b) = opens.backing.as_ref() {
             if let Some(id) = b.id.upgrade() {
@@ -181,6 +202,8 @@ impl UnionFs {
             } else {
                 crate::trace::Cause::OpenWrite
             });
+            // Tests hold open here the window between the check above and `data_path`.
+            crate::testhook::pause("open-write-checked");
             ensure_upper(self, &inode, data)?
         } else {
             inode
@@ -200,6 +223,7 @@ impl UnionFs {
             real: (real.dev, real.ino),
             upper,
             lower: if upper { None } else { Some(real) },
+            write: wants_write(flags),
         })
     }
 

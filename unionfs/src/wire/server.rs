@@ -682,6 +682,7 @@ impl Server {
             real,
             upper: true,
             lower: None,
+            write: true,
         };
         let path = fs.data_path(node.ino, &opened, || match &self.dev {
             Some(dev) => Backing::open(dev, &opened.file),
