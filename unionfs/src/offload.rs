@@ -17,6 +17,28 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Runs a request on node `ino` that may copy it up (each front end's `maybe_long`):
+    /// here when that may take long, on the caller's thread otherwise. `job` replies itself.
+    pub fn run_maybe_long(
+        &self,
+        fs: &Arc<crate::union::UnionFs>,
+        ino: u64,
+        may_copy_up: bool,
+        job: impl FnOnce(&crate::union::UnionFs) + Send + 'static,
+    ) {
+        let long = may_copy_up
+            && fs
+                .inodes
+                .get(ino)
+                .is_some_and(|n| crate::copyup::may_take_long(&n));
+        if long {
+            let fs = Arc::clone(fs);
+            self.run(Box::new(move || job(&fs)));
+        } else {
+            job(fs);
+        }
+    }
+
     pub fn new(threads: usize) -> Pool {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));

@@ -271,18 +271,7 @@ impl Server {
     /// Runs a request on node `ino` that may copy it up: on a worker when that may take
     /// long, here otherwise (see `fs.rs`).
     fn maybe_long(&self, ino: u64, may_copy_up: bool, job: impl FnOnce(&UnionFs) + Send + 'static) {
-        let long = may_copy_up
-            && self
-                .fs
-                .inodes
-                .get(ino)
-                .is_some_and(|n| crate::copyup::may_take_long(&n));
-        if long {
-            let fs = Arc::clone(&self.fs);
-            self.long.run(Box::new(move || job(&fs)));
-        } else {
-            job(&self.fs);
-        }
+        self.long.run_maybe_long(&self.fs, ino, may_copy_up, job);
     }
 
     fn init(&self, i: InitIn, reply: Reply) {
